@@ -1,0 +1,69 @@
+# Build, test and demo targets for the caddy-upgrade module.
+# Recipes need bash (pipefail); Go comes from PATH.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+CADDY_VERSION       := v2.11.9
+XCADDY_VERSION      := v0.4.5
+STATICCHECK_VERSION := v0.8.2
+MODULE              := github.com/seedf05e/caddy-upgrade
+
+# Sources that go into bin/caddy (xcaddy builds only the top-level package).
+CADDY_SOURCES := $(wildcard *.go) go.mod go.sum
+
+.PHONY: all demo test fuzz lint validate clean
+
+all: bin/caddy bin/echo
+
+bin/xcaddy:
+	GOBIN=$(CURDIR)/bin go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
+
+bin/staticcheck:
+	GOBIN=$(CURDIR)/bin go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+# GONOPROXY: the module proxy answers "forbidden" (not "not found") for this
+# module path, so Go would never fall back to xcaddy's local replace without it.
+bin/caddy: bin/xcaddy $(CADDY_SOURCES)
+	GONOPROXY=$(MODULE) bin/xcaddy build $(CADDY_VERSION) --output bin/caddy --with $(MODULE)=.
+
+bin/echo: $(wildcard cmd/echo/*.go internal/echo/*.go) go.mod go.sum
+	go build -o bin/echo ./cmd/echo
+
+# One shell recipe, so the trap kills the echo backend however Caddy exits.
+# GODEBUG=http2xconnect=1 makes Caddy advertise RFC 8441 extended CONNECT on HTTP/2.
+demo: bin/caddy bin/echo
+	@echo "open http://localhost:8080/"
+	@bin/echo -listen 127.0.0.1:9001 & echo_pid=$$!; \
+	trap 'kill $$echo_pid 2>/dev/null || true' EXIT; \
+	trap 'exit 130' INT TERM; \
+	GODEBUG=http2xconnect=1 bin/caddy run --adapter caddyfile --config Caddyfile.example
+
+# Fails if any test is skipped: a silent skip (e.g. caddytest under -trimpath)
+# must not pass as "ok". Never add -trimpath here.
+test: export GODEBUG := http2xconnect=1
+test:
+	go test -count=1 -race -timeout 15m -v ./... 2>&1 | tee test.log
+	@if grep -- '--- SKIP' test.log; then \
+		echo "FAIL: the tests above were skipped (full log in test.log)" >&2; \
+		exit 1; \
+	fi
+
+# Runs every Fuzz target of the top-level package for 20s each; none is fine.
+fuzz:
+	@names=$$(go test -list '^Fuzz' .); \
+	for name in $$(grep '^Fuzz' <<<"$$names" || true); do \
+		echo "== fuzz $$name"; \
+		go test -run='^$$' -fuzz="^$$name$$" -fuzztime=20s .; \
+	done
+
+lint: bin/staticcheck
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:" >&2; gofmt -l . >&2; exit 1; }
+	go vet ./...
+	bin/staticcheck ./...
+
+validate: bin/caddy
+	bin/caddy validate --adapter caddyfile --config Caddyfile.example
+
+clean:
+	rm -rf bin test.log

@@ -1,0 +1,99 @@
+package upgrade
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// websocketPolicy is the provisioned form of WebSocketConfig.
+type websocketPolicy struct {
+	origins       originList
+	checkOrigins  bool // origins or require_origin set
+	requireOrigin bool
+	subprotocols  []string // nil: forward the client's list untouched
+}
+
+func (p *websocketPolicy) provision(c *WebSocketConfig) error {
+	if c == nil {
+		return nil
+	}
+	origins, err := newOriginList(c.Origins)
+	if err != nil {
+		return err
+	}
+	*p = websocketPolicy{
+		origins:       origins,
+		checkOrigins:  len(c.Origins) > 0 || c.RequireOrigin,
+		requireOrigin: c.RequireOrigin,
+		subprotocols:  c.Subprotocols,
+	}
+	if p.subprotocols != nil && len(p.subprotocols) == 0 {
+		p.subprotocols = nil
+	}
+	return nil
+}
+
+func (p *websocketPolicy) validate(c *WebSocketConfig) error {
+	if c == nil {
+		return nil
+	}
+	for _, o := range c.Origins {
+		if err := validateOriginEntry(o); err != nil {
+			return err
+		}
+	}
+	for _, s := range c.Subprotocols {
+		if !isToken(s) {
+			return fmt.Errorf("subprotocols: %q is not a token", s)
+		}
+	}
+	return nil
+}
+
+// checkAccepted runs the checks that follow selection, in SPEC §3 order:
+// body, WebSocket method/key/duplicates, WebSocket version, Origin.
+func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy.Replacer) (refusal, bool) {
+	if !o.extendedConnect && (r.ContentLength > 0 || len(r.TransferEncoding) > 0) {
+		return refusal{outcome: outcomeInvalid, status: http.StatusBadRequest,
+			reason: "an upgrade request must not carry a body"}, true
+	}
+	if !isWebSocket(v.entry) {
+		return refusal{}, false
+	}
+	if status, reason := checkWebSocketRequest(r.Method, r.Header, o.extendedConnect); status != 0 {
+		ref := refusal{outcome: outcomeInvalid, status: status, reason: reason}
+		if status == http.StatusUpgradeRequired {
+			ref = refusal{outcome: outcomeRequired, status: requiredStatus(r.ProtoMajor), reason: reason,
+				required: h.policy.requiredList(), wsVersion: true}
+		}
+		return ref, true
+	}
+	if h.websocket.checkOrigins {
+		if ok, reason := h.websocket.origins.check(r.Header["Origin"], replacer(repl), h.websocket.requireOrigin); !ok {
+			return refusal{outcome: outcomeRejected, status: http.StatusForbidden, reason: reason}, true
+		}
+	}
+	return refusal{}, false
+}
+
+// filterSubprotocolHeader keeps only allowed subprotocols, in client order
+// (SPEC §4), and drops the field when none is left.
+func filterSubprotocolHeader(h http.Header, allowed []string) {
+	offered, ok := h["Sec-Websocket-Protocol"]
+	if !ok {
+		return
+	}
+	kept := filterSubprotocols(offered, allowed)
+	if len(kept) == 0 {
+		delete(h, "Sec-Websocket-Protocol")
+		return
+	}
+	h["Sec-Websocket-Protocol"] = []string{strings.Join(kept, ", ")}
+}
+
+func replacer(repl *caddy.Replacer) func(string) string {
+	return func(s string) string { return repl.ReplaceKnown(s, "") }
+}

@@ -1,0 +1,94 @@
+package upgrade
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// Placeholders set for every request this handler sees (SPEC §7).
+const (
+	placeholderOffered  = "http.upgrade.offered"
+	placeholderProtocol = "http.upgrade.protocol"
+	placeholderOutcome  = "http.upgrade.outcome"
+)
+
+// refusal is an answer the handler gives instead of passing the request on.
+type refusal struct {
+	outcome outcome
+	status  int
+	reason  string
+	// required lists the protocols a 426 (or its HTTP/2-3 400) names.
+	required string
+	// wsVersion adds Sec-WebSocket-Version: 13 (RFC 6455 §4.4).
+	wsVersion bool
+	// quiet skips the info log where the caller already logged louder.
+	quiet bool
+}
+
+// policyRefusal is the refusal for a policy verdict that is not accepted.
+func (h *Handler) policyRefusal(v verdict, httpMajor int) refusal {
+	ref := refusal{outcome: v.outcome, status: v.status}
+	switch v.outcome {
+	case outcomeRejected:
+		ref.reason = "upgrade to a protocol this route does not allow"
+	case outcomeUnsupported:
+		ref.reason = "extended CONNECT :protocol not allowed on this route"
+	case outcomeRequired:
+		ref.reason = "upgrade required"
+		ref.required = h.policy.requiredList()
+	}
+	return ref
+}
+
+// refuse answers with a caddyhttp.Error carrying its headers, so that
+// handle_errors routes can render it, as Caddy's basic_auth does.
+func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, ref refusal) error {
+	repl.Set(placeholderOutcome, string(ref.outcome))
+	hdr := w.Header()
+	msg := ref.reason
+	if ref.required != "" {
+		msg += ": " + ref.required
+		if ref.status == http.StatusUpgradeRequired {
+			hdr.Set("Upgrade", ref.required)
+			hdr.Set("Connection", "Upgrade")
+		}
+	}
+	if ref.wsVersion {
+		hdr.Set("Sec-WebSocket-Version", "13")
+	}
+	if ref.status == http.StatusServiceUnavailable {
+		hdr.Set("Retry-After", "1")
+	}
+	if !ref.quiet {
+		h.logger.Info("upgrade refused",
+			zap.Int("status", ref.status),
+			zap.String("outcome", string(ref.outcome)),
+			zap.String("reason", msg))
+	}
+	return caddyhttp.Error(ref.status, errors.New(msg))
+}
+
+// setPlaceholders publishes the offer and the verdict; outcome is updated
+// again if the answer later fails (backend_invalid).
+func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict) {
+	offered := ""
+	if o.present() {
+		if o.extendedConnect {
+			offered = o.protocols[0].name
+		} else {
+			offered = strings.Join(r.Header["Upgrade"], ", ")
+		}
+	}
+	selected := ""
+	if v.outcome == outcomeAccepted {
+		selected = v.selected.String()
+	}
+	repl.Set(placeholderOffered, offered)
+	repl.Set(placeholderProtocol, selected)
+	repl.Set(placeholderOutcome, string(v.outcome))
+}

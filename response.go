@@ -1,0 +1,174 @@
+package upgrade
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// expectation is what an accepted upgrade's answer must look like (SPEC §5).
+// It travels in the request context from ServeHTTP to the transport wrapper
+// and the response guard, and carries back the reason an answer failed.
+type expectation struct {
+	selected        string // the one protocol the backend was asked for
+	websocket       bool
+	extendedConnect bool
+	// clientHeader is the request header as forwarded by this handler: its
+	// subprotocols and extensions bound what the answer may choose.
+	clientHeader http.Header
+	// invalid is the first reason the answer failed, "" while it passes.
+	invalid string
+}
+
+type expectationKey struct{}
+
+func expectationFrom(ctx context.Context) *expectation {
+	e, _ := ctx.Value(expectationKey{}).(*expectation)
+	return e
+}
+
+// errBackendInvalid is returned up the stack where an answer failed its
+// checks; ServeHTTP turns it into a 502.
+var errBackendInvalid = errors.New("backend answered the upgrade incorrectly")
+
+// check101 checks a backend's 101 (RFC 9110 §15.2.2, RFC 6455 §4.2.2)
+// against the request that was forwarded. checkAccept is false where
+// Caddy made up the key itself (extended CONNECT) or the answer no longer
+// carries the Accept. It returns "" when the answer passes.
+func (e *expectation) check101(forwarded, res http.Header, checkAccept bool) string {
+	if !connectionHasToken(res, "upgrade") {
+		return "101 without Connection: upgrade"
+	}
+	if got := res["Upgrade"]; len(got) != 1 || !strings.EqualFold(trimOWS(got[0]), e.selected) {
+		return "101 switches to " + quoteForLog(strings.Join(got, ", ")) + ", not " + quoteForLog(e.selected)
+	}
+	if e.websocket {
+		return checkWebSocket101(forwarded, res, checkAccept)
+	}
+	return ""
+}
+
+// guardedTransport checks the backend's raw answer to an accepted upgrade
+// before Caddy's reverse proxy sees it: the proxy rewrites Connection and
+// Upgrade of every 101 and, for extended CONNECT, drops the Accept, so
+// this is the last place the answer is whole. Embedding the HTTP transport
+// keeps the optional interfaces Caddy looks for (TLS, h2c, PROXY protocol,
+// health check scheme, header ops).
+type guardedTransport struct {
+	*reverseproxy.HTTPTransport
+}
+
+func guardTransport(rp *reverseproxy.Handler) {
+	if t, ok := rp.Transport.(*reverseproxy.HTTPTransport); ok {
+		rp.Transport = &guardedTransport{t}
+	}
+}
+
+func (t *guardedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	res, err := t.HTTPTransport.RoundTrip(req)
+	e := expectationFrom(req.Context())
+	if err != nil || e == nil {
+		return res, err
+	}
+	var reason string
+	switch {
+	case res.StatusCode == http.StatusSwitchingProtocols:
+		reason = e.check101(req.Header, res.Header, true)
+	case e.extendedConnect && res.StatusCode < 300 && res.StatusCode >= 200:
+		// Caddy would relay this 2xx as if it were a tunnel.
+		reason = "backend answered " + res.Status + " instead of switching protocols"
+	}
+	if reason == "" {
+		return res, nil
+	}
+	if e.invalid == "" {
+		e.invalid = reason
+	}
+	res.Body.Close() // for a 101 the body is the backend connection
+	return nil, errBackendInvalid
+}
+
+// responseGuard wraps the client's response writer for an accepted upgrade.
+// It holds back a switch the checks refuse (the handler then answers 502),
+// and hands the tunnel's client connection to the accounting in tunnel.go.
+type responseGuard struct {
+	http.ResponseWriter
+	exp         *expectation
+	tunnel      *tunnel
+	wroteHeader bool
+	switched    bool // a 101 (HTTP/1.1) or a 2xx (extended CONNECT) went out
+}
+
+func (g *responseGuard) WriteHeader(code int) {
+	if g.wroteHeader || g.exp.invalid != "" {
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		g.ResponseWriter.WriteHeader(code)
+		return
+	}
+	g.wroteHeader = true
+	switch {
+	case code == http.StatusSwitchingProtocols && !g.exp.extendedConnect:
+		if reason := g.exp.check101(g.exp.clientHeader, g.Header(), true); reason != "" {
+			g.exp.invalid = reason
+			return
+		}
+		g.switched = true
+	case g.exp.extendedConnect && code >= 200 && code < 300 && g.exp.websocket:
+		if reason := checkWebSocket101(g.exp.clientHeader, g.Header(), false); reason != "" {
+			g.exp.invalid = reason
+			return
+		}
+		g.switched = true
+	case g.exp.extendedConnect && code >= 200 && code < 300:
+		g.switched = true
+	}
+	if g.switched {
+		g.tunnel.start()
+	}
+	g.ResponseWriter.WriteHeader(code)
+}
+
+func (g *responseGuard) Write(p []byte) (int, error) {
+	if !g.wroteHeader {
+		g.WriteHeader(http.StatusOK)
+	}
+	if g.exp.invalid != "" {
+		return 0, errBackendInvalid
+	}
+	n, err := g.ResponseWriter.Write(p)
+	if g.switched {
+		g.tunnel.active()
+	}
+	return n, err
+}
+
+// FlushError keeps a flush from sending an implicit 200 for an answer the
+// guard held back.
+func (g *responseGuard) FlushError() error {
+	if g.exp.invalid != "" {
+		return errBackendInvalid
+	}
+	return http.NewResponseController(g.ResponseWriter).Flush()
+}
+
+// Hijack hands out the client connection only after a checked 101, wrapped
+// so that the tunnel's limits and timeouts see its bytes.
+func (g *responseGuard) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !g.switched {
+		return nil, nil, errBackendInvalid
+	}
+	conn, brw, err := http.NewResponseController(g.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return g.tunnel.hijacked(conn), brw, nil
+}
+
+func (g *responseGuard) Unwrap() http.ResponseWriter { return g.ResponseWriter }

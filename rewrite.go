@@ -1,0 +1,86 @@
+package upgrade
+
+import (
+	"net/http"
+	"strings"
+)
+
+// removeStrayUpgrade drops upgrade headers that are not an offer (SPEC §2:
+// Upgrade without "Connection: upgrade", or on HTTP/1.0), so that nothing
+// downstream mistakes them for one. HTTP/2 and HTTP/3 forbid both fields
+// (RFC 9113 §8.2.2), so there they go entirely.
+func removeStrayUpgrade(r *http.Request) {
+	_, hasUpgrade := r.Header["Upgrade"]
+	_, hasConnection := r.Header["Connection"]
+	if !hasUpgrade && !hasConnection {
+		return
+	}
+	delete(r.Header, "Upgrade")
+	if r.ProtoMajor >= 2 {
+		delete(r.Header, "Connection")
+		return
+	}
+	if connectionHasToken(r.Header, "upgrade") {
+		removeConnectionToken(r.Header, "upgrade")
+	}
+}
+
+// removeConnectionToken rewrites the Connection field without opt.
+func removeConnectionToken(h http.Header, opt string) {
+	var kept []string
+	for _, line := range h["Connection"] {
+		for elem := range strings.SplitSeq(line, ",") {
+			if elem = trimOWS(elem); elem != "" && !strings.EqualFold(elem, opt) {
+				kept = append(kept, elem)
+			}
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Connection")
+		return
+	}
+	h["Connection"] = []string{strings.Join(kept, ", ")}
+}
+
+// stripOffer turns an offer of nothing allowed into a plain request
+// (SPEC §3, on_disallowed: ignore): Upgrade, HTTP2-Settings and every field
+// the client named in Connection go, with Connection itself.
+func stripOffer(h http.Header) {
+	removeConnectionOptions(h)
+	delete(h, "Upgrade")
+	delete(h, "Http2-Settings")
+}
+
+// rewriteAccepted reduces an accepted offer to the selected protocol
+// (SPEC §5). Caddy's reverse proxy forwards only the first Upgrade line
+// and rejects a 101 naming anything else, so exactly one protocol goes on.
+func rewriteAccepted(r *http.Request, o offer, v verdict, subprotocols []string) {
+	if o.extendedConnect {
+		name := strings.ToLower(v.entry.name)
+		if r.ProtoMajor == 2 {
+			r.Header[":protocol"] = []string{name}
+		} else {
+			r.Proto = name
+		}
+	} else {
+		removeConnectionOptions(r.Header)
+		r.Header["Connection"] = []string{"Upgrade"}
+		r.Header["Upgrade"] = []string{v.selected.String()}
+	}
+	if subprotocols != nil && isWebSocket(v.entry) {
+		filterSubprotocolHeader(r.Header, subprotocols)
+	}
+}
+
+// forwardedProtocol is the protocol the backend is asked for, which its
+// 101 must name: the selected one as written on HTTP/1.1; on extended
+// CONNECT the configured name, which Caddy's reverse proxy turns into an
+// HTTP/1.1 upgrade.
+func forwardedProtocol(o offer, v verdict) string {
+	if o.extendedConnect {
+		return strings.ToLower(v.entry.name)
+	}
+	return v.selected.String()
+}
+
+func isWebSocket(p protocol) bool { return strings.EqualFold(p.name, "websocket") }

@@ -1,0 +1,173 @@
+package upgrade
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// tunnelLimit counts the tunnels open through one handler instance
+// (max_connections, SPEC §5).
+type tunnelLimit struct {
+	max  int64 // 0: unlimited
+	open atomic.Int64
+}
+
+func newTunnelLimit(max int) *tunnelLimit { return &tunnelLimit{max: int64(max)} }
+
+// acquire reserves a slot, or reports that none is free.
+func (l *tunnelLimit) acquire() bool {
+	for {
+		n := l.open.Load()
+		if l.max > 0 && n >= l.max {
+			return false
+		}
+		if l.open.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (l *tunnelLimit) release() { l.open.Add(-1) }
+
+// tunnel is one accepted upgrade from the moment it is passed on until its
+// last connection closes. Caddy's reverse proxy runs the byte copies; the
+// tunnel only watches them: it frees the limit slot once, and enforces
+// idle_timeout and max_duration by ending the request's context (which
+// makes Caddy close the backend connection) and closing the hijacked
+// client connection.
+type tunnel struct {
+	limit   *tunnelLimit
+	cancel  context.CancelFunc
+	idle    time.Duration
+	maxLife time.Duration
+
+	mu       sync.Mutex
+	conn     net.Conn // the hijacked client connection, once there is one
+	ended    bool
+	timers   []*time.Timer
+	lastSeen atomic.Int64 // unix nanoseconds of the latest byte, either way
+}
+
+// start arms the timeouts; the tunnel counts as open from here.
+func (t *tunnel) start() {
+	t.lastSeen.Store(time.Now().UnixNano())
+	if t.maxLife > 0 {
+		t.timers = append(t.timers, time.AfterFunc(t.maxLife, t.end))
+	}
+	if t.idle > 0 {
+		var timer *time.Timer
+		timer = time.AfterFunc(t.idle, func() {
+			quiet := time.Since(time.Unix(0, t.lastSeen.Load()))
+			if quiet >= t.idle {
+				t.end()
+				return
+			}
+			timer.Reset(t.idle - quiet)
+		})
+		t.timers = append(t.timers, timer)
+	}
+}
+
+func (t *tunnel) active() {
+	if t.idle > 0 {
+		t.lastSeen.Store(time.Now().UnixNano())
+	}
+}
+
+// end closes both sides of the tunnel; the copies then finish on their own.
+func (t *tunnel) end() {
+	t.cancel()
+	t.mu.Lock()
+	conn := t.conn
+	t.mu.Unlock()
+	if conn != nil {
+		conn.Close()
+	}
+}
+
+// hijacked wraps the client connection of an HTTP/1.1 tunnel: the tunnel
+// then lives until that connection closes, not until ServeHTTP returns.
+func (t *tunnel) hijacked(c net.Conn) net.Conn {
+	tc := &tunnelConn{Conn: c, t: t}
+	t.mu.Lock()
+	t.conn = tc
+	t.mu.Unlock()
+	return tc
+}
+
+// finish is called when ServeHTTP returns: a tunnel that never hijacked a
+// connection (extended CONNECT, or no switch at all) ends there.
+func (t *tunnel) finish() {
+	t.mu.Lock()
+	hijacked := t.conn != nil
+	t.mu.Unlock()
+	if !hijacked {
+		t.close()
+	}
+}
+
+// close frees the tunnel's resources exactly once.
+func (t *tunnel) close() {
+	t.mu.Lock()
+	if t.ended {
+		t.mu.Unlock()
+		return
+	}
+	t.ended = true
+	t.mu.Unlock()
+	for _, timer := range t.timers {
+		timer.Stop()
+	}
+	t.cancel()
+	t.limit.release()
+}
+
+// tunnelConn is the hijacked client connection as Caddy's reverse proxy
+// sees it: every byte marks the tunnel active, and closing it ends the
+// tunnel.
+type tunnelConn struct {
+	net.Conn
+	t         *tunnel
+	closeOnce sync.Once
+}
+
+func (c *tunnelConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.t.active()
+	}
+	return n, err
+}
+
+func (c *tunnelConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.t.active()
+	}
+	return n, err
+}
+
+func (c *tunnelConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(c.t.close)
+	return err
+}
+
+// countingBody marks an extended CONNECT tunnel active on every byte the
+// client sends; the bytes it receives pass through responseGuard.Write.
+type countingBody struct {
+	io.ReadCloser
+	t *tunnel
+}
+
+func (b countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.t.active()
+	}
+	return n, err
+}

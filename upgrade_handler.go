@@ -1,0 +1,79 @@
+package upgrade
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// ServeHTTP is the request's way through the route's policy (SPEC §2–§5):
+// parse the offer, decide, refuse or check the handshake, then pass the
+// accepted upgrade on with its answer guarded.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	o, err := parseOffer(r)
+	if err != nil {
+		setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeInvalid})
+		return h.refuse(w, repl, refusal{outcome: outcomeInvalid, status: http.StatusBadRequest, reason: err.Error()})
+	}
+	v := h.policy.decide(o, r.ProtoMajor)
+	setPlaceholders(repl, r, o, v)
+	switch v.outcome {
+	case outcomeNone:
+		removeStrayUpgrade(r)
+		return next.ServeHTTP(w, r)
+	case outcomeIgnored:
+		stripOffer(r.Header)
+		return next.ServeHTTP(w, r)
+	case outcomeAccepted:
+	default:
+		return h.refuse(w, repl, h.policyRefusal(v, r.ProtoMajor))
+	}
+	if ref, refused := h.checkAccepted(r, o, v, repl); refused {
+		return h.refuse(w, repl, ref)
+	}
+	return h.pass(w, r, next, o, v, repl)
+}
+
+// pass hands an accepted upgrade on, holding a tunnel slot, and turns an
+// answer that failed its checks into a 502.
+func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, o offer, v verdict, repl *caddy.Replacer) error {
+	if !h.tunnels.acquire() {
+		return h.refuse(w, repl, refusal{outcome: outcomeLimited, status: http.StatusServiceUnavailable,
+			reason: "too many open tunnels (max_connections)"})
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	t := &tunnel{limit: h.tunnels, cancel: cancel, idle: time.Duration(h.IdleTimeout), maxLife: time.Duration(h.MaxDuration)}
+	defer t.finish()
+
+	rewriteAccepted(r, o, v, h.websocket.subprotocols)
+	exp := &expectation{
+		selected:        forwardedProtocol(o, v),
+		websocket:       isWebSocket(v.entry),
+		extendedConnect: o.extendedConnect,
+		clientHeader:    r.Header,
+	}
+	r = r.WithContext(context.WithValue(ctx, expectationKey{}, exp))
+	if o.extendedConnect {
+		r.Body = countingBody{ReadCloser: r.Body, t: t}
+	}
+	g := &responseGuard{ResponseWriter: w, exp: exp, tunnel: t}
+	var err error
+	if h.proxy != nil {
+		err = h.proxy.ServeHTTP(g, r, next)
+	} else {
+		err = next.ServeHTTP(g, r)
+	}
+	if exp.invalid == "" && err == nil && !g.wroteHeader {
+		exp.invalid = "the handler after upgrade wrote no response"
+	}
+	if exp.invalid != "" {
+		h.logger.Warn("backend answer refused", zap.String("protocol", exp.selected), zap.String("reason", exp.invalid))
+		return h.refuse(w, repl, refusal{outcome: outcomeBackendInvalid, status: http.StatusBadGateway, reason: exp.invalid, quiet: true})
+	}
+	return err
+}

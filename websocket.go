@@ -1,0 +1,256 @@
+package upgrade
+
+import (
+	"crypto/sha1"
+	"encoding/base64"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// This file holds the WebSocket handshake rules of RFC 6455 §4 (SPEC §4, §5)
+// as pure functions over header maps; it knows nothing of Caddy.
+
+// websocketGUID is the fixed string of RFC 6455 §1.3 appended to the key.
+const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// checkWebSocketRequest applies the request checks of RFC 6455 §4.2.1 to a
+// handshake whose protocol has already been selected, in SPEC §3 order: the
+// method, then the key (HTTP/1.1 only), then Sec-WebSocket-Version. It
+// returns 0 and "" when the request passes, else the status to answer (400,
+// or 426 for a well-formed but unsupported version) and a short reason.
+//
+// With extendedConnect (RFC 8441 / RFC 9220) there is no method or key rule:
+// the method is CONNECT and Sec-WebSocket-Key is not used, so it is not
+// looked at. The Version rule is the same. On HTTP/2 and HTTP/3 the caller
+// answers 400 instead of 426 (SPEC §3); the 426 reply carries
+// "Sec-WebSocket-Version: 13" either way.
+//
+// Leading and trailing spaces and tabs are ignored in both values (Go's
+// server has already removed them from the wire). The key must be the
+// canonical base64 (standard alphabet, padded) of exactly 16 bytes.
+func checkWebSocketRequest(method string, h http.Header, extendedConnect bool) (status int, reason string) {
+	if !extendedConnect {
+		if method != http.MethodGet {
+			return http.StatusBadRequest, "WebSocket handshake method must be GET, not " + wsQuote(method)
+		}
+		keys := h.Values("Sec-WebSocket-Key")
+		switch {
+		case len(keys) == 0:
+			return http.StatusBadRequest, "missing Sec-WebSocket-Key"
+		case len(keys) > 1:
+			return http.StatusBadRequest, "duplicate Sec-WebSocket-Key"
+		case !validWebSocketKey(wsTrimOWS(keys[0])):
+			return http.StatusBadRequest, "Sec-WebSocket-Key is not base64 of 16 bytes"
+		}
+	}
+	versions := h.Values("Sec-WebSocket-Version")
+	switch {
+	case len(versions) == 0:
+		return http.StatusBadRequest, "missing Sec-WebSocket-Version"
+	case len(versions) > 1:
+		return http.StatusBadRequest, "duplicate Sec-WebSocket-Version"
+	}
+	if v := wsTrimOWS(versions[0]); v != "13" {
+		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + wsQuote(v) + " (13 required)"
+	}
+	return 0, ""
+}
+
+// validWebSocketKey reports whether key is the base64 encoding of 16 bytes,
+// in canonical form: 24 characters, "==" padding, zero pad bits, no line
+// breaks (which encoding/base64 would otherwise skip).
+func validWebSocketKey(key string) bool {
+	if len(key) != 24 || strings.ContainsAny(key, "\r\n") {
+		return false
+	}
+	b, err := base64.StdEncoding.Strict().DecodeString(key)
+	return err == nil && len(b) == 16
+}
+
+// acceptKey computes Sec-WebSocket-Accept for a Sec-WebSocket-Key value
+// (RFC 6455 §4.2.2): base64(SHA-1(key + GUID)). The key is used as sent,
+// without decoding; the caller trims surrounding whitespace.
+func acceptKey(key string) string {
+	sum := sha1.Sum([]byte(key + websocketGUID))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// filterSubprotocols keeps the offered Sec-WebSocket-Protocol values (field
+// lines, each a comma-separated list, joined in order) that appear in
+// allowed, compared exactly, in the client's order. It returns nil when
+// nothing is left, and the caller then removes the header (SPEC §4).
+func filterSubprotocols(offered []string, allowed []string) []string {
+	var kept []string
+	for _, p := range headerTokens(offered) {
+		for _, a := range allowed {
+			if p == a {
+				kept = append(kept, p)
+				break
+			}
+		}
+	}
+	return kept
+}
+
+// headerTokens splits field lines holding comma-separated lists (RFC 9110
+// §5.6.1) into their elements: lines join in order, spaces and tabs around
+// each element are removed, and empty elements are skipped. It does not
+// validate the elements and knows nothing of quoted strings (like Go's
+// httpguts and Caddy's reverse proxy, which read Connection and Upgrade the
+// same way); use it for lists of tokens. See headerListElements for lists
+// whose elements may carry quoted parameters.
+func headerTokens(values []string) []string {
+	var out []string
+	for _, line := range values {
+		for elem := range strings.SplitSeq(line, ",") {
+			if elem = wsTrimOWS(elem); elem != "" {
+				out = append(out, elem)
+			}
+		}
+	}
+	return out
+}
+
+// headerListElements is headerTokens for lists whose elements may hold
+// quoted strings (RFC 9110 §5.6.4), such as Sec-WebSocket-Extensions
+// parameters: a comma inside double quotes does not split, and a backslash
+// inside quotes escapes the next byte. An unterminated quote runs to the end
+// of its line (each line is parsed on its own).
+func headerListElements(values []string) []string {
+	var out []string
+	add := func(elem string) {
+		if elem = wsTrimOWS(elem); elem != "" {
+			out = append(out, elem)
+		}
+	}
+	for _, line := range values {
+		start, quoted := 0, false
+		for i := 0; i < len(line); i++ {
+			switch c := line[i]; {
+			case quoted && c == '\\':
+				i++ // quoted-pair: skip the escaped byte
+			case c == '"':
+				quoted = !quoted
+			case !quoted && c == ',':
+				add(line[start:i])
+				start = i + 1
+			}
+		}
+		add(line[start:])
+	}
+	return out
+}
+
+// extensionName returns the extension token of one Sec-WebSocket-Extensions
+// element (RFC 6455 §9.1), the part before its first ";", trimmed and
+// lower-cased, or "" if that is not a token.
+func extensionName(elem string) string {
+	name, _, _ := strings.Cut(elem, ";")
+	name = wsTrimOWS(name)
+	if !wsIsToken(name) {
+		return ""
+	}
+	return strings.ToLower(name)
+}
+
+// checkWebSocket101 checks a backend's 101 to a WebSocket handshake against
+// the request that was forwarded to it (SPEC §5); it returns "" when the
+// response is acceptable, else the reason for the 502. reqHeader must be
+// the header as sent to the backend (after filterSubprotocols), so that "a
+// subprotocol that was forwarded" is what reqHeader lists.
+//
+//   - checkAccept (HTTP/1.1 towards the backend): exactly one
+//     Sec-WebSocket-Accept, equal to acceptKey of the request's single
+//     Sec-WebSocket-Key (both trimmed of spaces and tabs).
+//   - Sec-WebSocket-Protocol: absent, or one line holding one value that is
+//     one of the request's offered subprotocols (compared exactly); if the
+//     request offered none the response must have none.
+//   - Sec-WebSocket-Extensions: every extension token in the response (the
+//     part of each list element before ";", compared case-insensitively)
+//     must be one the request offered; parameters may differ (RFC 7692).
+//     Lists are split with quoted-string awareness.
+//
+// Connection and Upgrade are not looked at here.
+func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reason string) {
+	if checkAccept {
+		keys := reqHeader.Values("Sec-WebSocket-Key")
+		if len(keys) != 1 {
+			return "request has no single Sec-WebSocket-Key to check the Accept against"
+		}
+		accepts := resHeader.Values("Sec-WebSocket-Accept")
+		switch {
+		case len(accepts) == 0:
+			return "missing Sec-WebSocket-Accept"
+		case len(accepts) > 1:
+			return "duplicate Sec-WebSocket-Accept"
+		case wsTrimOWS(accepts[0]) != acceptKey(wsTrimOWS(keys[0])):
+			return "wrong Sec-WebSocket-Accept " + wsQuote(accepts[0])
+		}
+	}
+
+	if protos := resHeader.Values("Sec-WebSocket-Protocol"); len(protos) > 0 {
+		if len(protos) > 1 {
+			return "duplicate Sec-WebSocket-Protocol"
+		}
+		p := wsTrimOWS(protos[0])
+		if p == "" || strings.Contains(p, ",") {
+			return "Sec-WebSocket-Protocol " + wsQuote(protos[0]) + " is not one subprotocol"
+		}
+		offered := false
+		for _, o := range headerTokens(reqHeader.Values("Sec-WebSocket-Protocol")) {
+			if o == p {
+				offered = true
+				break
+			}
+		}
+		if !offered {
+			return "Sec-WebSocket-Protocol " + wsQuote(p) + " was not offered"
+		}
+	}
+
+	if exts := resHeader.Values("Sec-WebSocket-Extensions"); len(exts) > 0 {
+		offered := map[string]bool{}
+		for _, elem := range headerListElements(reqHeader.Values("Sec-WebSocket-Extensions")) {
+			if name := extensionName(elem); name != "" {
+				offered[name] = true
+			}
+		}
+		for _, elem := range headerListElements(exts) {
+			if !offered[extensionName(elem)] { // "" is never offered
+				return "Sec-WebSocket-Extensions " + wsQuote(elem) + " was not offered"
+			}
+		}
+	}
+	return ""
+}
+
+// wsTrimOWS removes optional whitespace (spaces and tabs) around s.
+func wsTrimOWS(s string) string { return strings.Trim(s, " \t") }
+
+// wsIsToken reports whether s is an RFC 9110 token (1*tchar).
+func wsIsToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
+			continue
+		}
+		if strings.IndexByte("!#$%&'*+-.^_`|~", c) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// wsQuote quotes a peer-supplied value for a reason string, cut to 64 bytes
+// so that reasons stay short and logs bounded (SPEC §7).
+func wsQuote(s string) string {
+	const max = 64
+	if len(s) > max {
+		return strconv.Quote(s[:max]) + "…"
+	}
+	return strconv.Quote(s)
+}
