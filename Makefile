@@ -22,10 +22,12 @@ bin/xcaddy:
 bin/staticcheck:
 	GOBIN=$(CURDIR)/bin go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-# GONOPROXY: the module proxy answers "forbidden" (not "not found") for this
-# module path, so Go would never fall back to xcaddy's local replace without it.
+# xcaddy runs `go get <module>` before using its local replace, and Go falls
+# back to the replace only on a "not found" answer. The module proxy answers
+# "forbidden" for this path, so GONOPROXY skips it; GOVCS=<path>:off then turns
+# the direct (git) lookup into "not found" too, instead of a network error.
 bin/caddy: bin/xcaddy $(CADDY_SOURCES)
-	GONOPROXY=$(MODULE) bin/xcaddy build $(CADDY_VERSION) --output bin/caddy --with $(MODULE)=.
+	GONOPROXY=$(MODULE) GOVCS=$(MODULE):off bin/xcaddy build $(CADDY_VERSION) --output bin/caddy --with $(MODULE)=.
 
 bin/echo: $(wildcard cmd/echo/*.go internal/echo/*.go) go.mod go.sum
 	go build -o bin/echo ./cmd/echo

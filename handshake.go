@@ -68,6 +68,9 @@ func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy
 		if status == http.StatusUpgradeRequired {
 			ref = refusal{outcome: outcomeRequired, status: requiredStatus(r.ProtoMajor), reason: reason,
 				required: h.policy.requiredList(), wsVersion: true}
+			if r.ProtoMajor >= 2 {
+				ref.reason += " (required: " + ref.required + ")"
+			}
 		}
 		return ref, true
 	}

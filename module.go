@@ -116,7 +116,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, s := range h.Protocols {
 		if p, ok := parseProtocol(s); ok {
 			h.policy.allowed = append(h.policy.allowed, p)
+			h.policy.labels = append(h.policy.labels, strings.ToLower(p.name))
 		}
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
 	}
 	h.tunnels = newTunnelLimit(h.MaxConnections)
 	if err := h.websocket.provision(h.WebSocket); err != nil {

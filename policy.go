@@ -24,6 +24,7 @@ const (
 // policy is one route's Upgrade policy: the SPEC §3 table.
 type policy struct {
 	allowed []protocol // configured order
+	labels  []string   // lower-cased allowed names: the metric labels
 	require bool
 	reject  bool // on_disallowed: reject
 }

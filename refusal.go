@@ -31,7 +31,7 @@ type refusal struct {
 }
 
 // policyRefusal is the refusal for a policy verdict that is not accepted.
-func (h *Handler) policyRefusal(v verdict, httpMajor int) refusal {
+func (h *Handler) policyRefusal(v verdict) refusal {
 	ref := refusal{outcome: v.outcome, status: v.status}
 	switch v.outcome {
 	case outcomeRejected:
@@ -39,27 +39,31 @@ func (h *Handler) policyRefusal(v verdict, httpMajor int) refusal {
 	case outcomeUnsupported:
 		ref.reason = "extended CONNECT :protocol not allowed on this route"
 	case outcomeRequired:
-		ref.reason = "upgrade required"
 		ref.required = h.policy.requiredList()
+		ref.reason = "upgrade required: " + ref.required
 	}
 	return ref
 }
 
+// labelOther is the metric label of an offer naming no configured protocol.
+const labelOther = "other"
+
 // refuse answers with a caddyhttp.Error carrying its headers, so that
-// handle_errors routes can render it, as Caddy's basic_auth does.
-func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, ref refusal) error {
+// handle_errors routes can render it, as Caddy's basic_auth does. A
+// non-empty label counts the request in the metrics.
+func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, label string, ref refusal) error {
 	repl.Set(placeholderOutcome, string(ref.outcome))
+	if label != "" {
+		countRequest(label, ref.outcome)
+	}
 	hdr := w.Header()
 	msg := ref.reason
-	if ref.required != "" {
-		msg += ": " + ref.required
-		if ref.status == http.StatusUpgradeRequired {
-			hdr.Set("Upgrade", ref.required)
-			hdr.Set("Connection", "Upgrade")
-		}
+	if ref.status == http.StatusUpgradeRequired {
+		hdr.Set("Upgrade", ref.required)
+		hdr.Set("Connection", "Upgrade")
 	}
 	if ref.wsVersion {
-		hdr.Set("Sec-WebSocket-Version", "13")
+		hdr["Sec-WebSocket-Version"] = []string{"13"} //nolint:canonicalheader // RFC 6455 spelling
 	}
 	if ref.status == http.StatusServiceUnavailable {
 		hdr.Set("Retry-After", "1")

@@ -23,6 +23,16 @@ type expectation struct {
 	clientHeader http.Header
 	// invalid is the first reason the answer failed, "" while it passes.
 	invalid string
+	label   string // the metric label
+	counted bool
+}
+
+// count records the accepted request once, when its answer goes out.
+func (e *expectation) count() {
+	if !e.counted {
+		e.counted = true
+		countRequest(e.label, outcomeAccepted)
+	}
 }
 
 type expectationKey struct{}
@@ -132,6 +142,7 @@ func (g *responseGuard) WriteHeader(code int) {
 	if g.switched {
 		g.tunnel.start()
 	}
+	g.exp.count()
 	g.ResponseWriter.WriteHeader(code)
 }
 
@@ -144,7 +155,7 @@ func (g *responseGuard) Write(p []byte) (int, error) {
 	}
 	n, err := g.ResponseWriter.Write(p)
 	if g.switched {
-		g.tunnel.active()
+		g.tunnel.carried(n, false)
 	}
 	return n, err
 }

@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -42,18 +43,28 @@ func (l *tunnelLimit) release() { l.open.Add(-1) }
 type tunnel struct {
 	limit   *tunnelLimit
 	cancel  context.CancelFunc
+	label   string
 	idle    time.Duration
 	maxLife time.Duration
 
 	mu       sync.Mutex
 	conn     net.Conn // the hijacked client connection, once there is one
 	ended    bool
+	opened   time.Time
 	timers   []*time.Timer
-	lastSeen atomic.Int64 // unix nanoseconds of the latest byte, either way
+	lastSeen atomic.Int64                  // unix nanoseconds of the latest byte, either way
+	metrics  atomic.Pointer[tunnelMetrics] // set once the tunnel opens
 }
 
-// start arms the timeouts; the tunnel counts as open from here.
+// start arms the timeouts and counts the tunnel as open: the switch went
+// out to the client.
 func (t *tunnel) start() {
+	m := newTunnelMetrics(t.label)
+	m.open.Inc()
+	t.mu.Lock()
+	t.opened = time.Now()
+	t.mu.Unlock()
+	t.metrics.Store(m)
 	t.lastSeen.Store(time.Now().UnixNano())
 	if t.maxLife > 0 {
 		t.timers = append(t.timers, time.AfterFunc(t.maxLife, t.end))
@@ -72,9 +83,20 @@ func (t *tunnel) start() {
 	}
 }
 
-func (t *tunnel) active() {
+// carried accounts for n bytes moved; upstream is client to backend.
+func (t *tunnel) carried(n int, upstream bool) {
+	if n <= 0 {
+		return
+	}
 	if t.idle > 0 {
 		t.lastSeen.Store(time.Now().UnixNano())
+	}
+	if m := t.metrics.Load(); m != nil {
+		if upstream {
+			m.upstream.Add(float64(n))
+		} else {
+			m.downstream.Add(float64(n))
+		}
 	}
 }
 
@@ -124,6 +146,10 @@ func (t *tunnel) close() {
 	}
 	t.cancel()
 	t.limit.release()
+	if m := t.metrics.Load(); m != nil {
+		m.open.Dec()
+		m.duration.Observe(time.Since(t.opened).Seconds())
+	}
 }
 
 // tunnelConn is the hijacked client connection as Caddy's reverse proxy
@@ -137,18 +163,23 @@ type tunnelConn struct {
 
 func (c *tunnelConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.t.active()
-	}
+	c.t.carried(n, true)
 	return n, err
 }
 
 func (c *tunnelConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	if n > 0 {
-		c.t.active()
-	}
+	c.t.carried(n, false)
 	return n, err
+}
+
+// CloseWrite keeps half-close working: Caddy's copier forwards a clean EOF
+// as CloseWrite when the connection has one.
+func (c *tunnelConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 func (c *tunnelConn) Close() error {
@@ -166,8 +197,6 @@ type countingBody struct {
 
 func (b countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.t.active()
-	}
+	b.t.carried(n, true)
 	return n, err
 }

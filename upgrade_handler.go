@@ -18,36 +18,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	o, err := parseOffer(r)
 	if err != nil {
 		setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeInvalid})
-		return h.refuse(w, repl, refusal{outcome: outcomeInvalid, status: http.StatusBadRequest, reason: err.Error()})
+		return h.refuse(w, repl, labelOther, refusal{outcome: outcomeInvalid, status: http.StatusBadRequest, reason: err.Error()})
 	}
 	v := h.policy.decide(o, r.ProtoMajor)
 	setPlaceholders(repl, r, o, v)
+	label := "" // the metric label; "" for requests without an offer, which are not counted
+	if o.present() {
+		label = h.policy.protocolLabel(o)
+	}
 	switch v.outcome {
 	case outcomeNone:
 		removeStrayUpgrade(r)
 		return next.ServeHTTP(w, r)
 	case outcomeIgnored:
+		countRequest(label, outcomeIgnored)
 		stripOffer(r.Header)
 		return next.ServeHTTP(w, r)
 	case outcomeAccepted:
 	default:
-		return h.refuse(w, repl, h.policyRefusal(v, r.ProtoMajor))
+		return h.refuse(w, repl, label, h.policyRefusal(v))
 	}
 	if ref, refused := h.checkAccepted(r, o, v, repl); refused {
-		return h.refuse(w, repl, ref)
+		return h.refuse(w, repl, label, ref)
 	}
-	return h.pass(w, r, next, o, v, repl)
+	return h.pass(w, r, next, o, v, repl, label)
 }
 
 // pass hands an accepted upgrade on, holding a tunnel slot, and turns an
 // answer that failed its checks into a 502.
-func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, o offer, v verdict, repl *caddy.Replacer) error {
+func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, o offer, v verdict, repl *caddy.Replacer, label string) error {
 	if !h.tunnels.acquire() {
-		return h.refuse(w, repl, refusal{outcome: outcomeLimited, status: http.StatusServiceUnavailable,
+		return h.refuse(w, repl, label, refusal{outcome: outcomeLimited, status: http.StatusServiceUnavailable,
 			reason: "too many open tunnels (max_connections)"})
 	}
 	ctx, cancel := context.WithCancel(r.Context())
-	t := &tunnel{limit: h.tunnels, cancel: cancel, idle: time.Duration(h.IdleTimeout), maxLife: time.Duration(h.MaxDuration)}
+	t := &tunnel{limit: h.tunnels, cancel: cancel, label: label,
+		idle: time.Duration(h.IdleTimeout), maxLife: time.Duration(h.MaxDuration)}
 	defer t.finish()
 
 	rewriteAccepted(r, o, v, h.websocket.subprotocols)
@@ -56,6 +62,7 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 		websocket:       isWebSocket(v.entry),
 		extendedConnect: o.extendedConnect,
 		clientHeader:    r.Header,
+		label:           label,
 	}
 	r = r.WithContext(context.WithValue(ctx, expectationKey{}, exp))
 	if o.extendedConnect {
@@ -73,7 +80,8 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	}
 	if exp.invalid != "" {
 		h.logger.Warn("backend answer refused", zap.String("protocol", exp.selected), zap.String("reason", exp.invalid))
-		return h.refuse(w, repl, refusal{outcome: outcomeBackendInvalid, status: http.StatusBadGateway, reason: exp.invalid, quiet: true})
+		return h.refuse(w, repl, label, refusal{outcome: outcomeBackendInvalid, status: http.StatusBadGateway, reason: exp.invalid, quiet: true})
 	}
+	exp.count()
 	return err
 }
