@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -394,6 +395,9 @@ func normalizeOriginHost(host string, allowWildcard bool) (string, bool, error) 
 	}
 	if strings.Contains(host, "*") {
 		return "", false, errors.New(`"*" may only be the whole first label, followed by a domain`)
+	}
+	if !utf8.ValidString(host) {
+		return "", false, errors.New("host name is not UTF-8")
 	}
 	ascii, err := originIDNA.ToASCII(host)
 	if err != nil {

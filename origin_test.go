@@ -129,6 +129,7 @@ func TestNormalizeOrigin(t *testing.T) {
 		{"a.example", ""},
 		{"file://", ""},
 		{"https://a\x00.example", ""},
+		{"a://0\xa0", ""}, // not UTF-8
 	}
 	for _, tt := range tests {
 		o, ok := normalizeOrigin(tt.in)
