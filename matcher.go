@@ -23,7 +23,7 @@ func init() {
 // An `Upgrade` without `Connection: upgrade`, or a malformed offer, does
 // not match.
 //
-// Caddyfile: `@ws upgrade websocket foo/2`; CEL: `upgrade(['websocket'])`.
+// Caddyfile: `@ws upgrade websocket foo/2`; CEL: `upgrade('websocket', 'foo/2')`.
 type MatchUpgrade []string
 
 // CaddyModule returns the Caddy module information.

@@ -104,12 +104,12 @@ func validateOriginEntry(s string) error {
 		switch c := s[i]; {
 		case c == '{':
 			if depth > 0 {
-				return errors.New("nested '{' in " + wsQuote(s))
+				return errors.New("nested '{' in " + quoteForLog(s))
 			}
 			depth++
 		case c == '}':
 			if depth == 0 {
-				return errors.New("unbalanced '}' in " + wsQuote(s))
+				return errors.New("unbalanced '}' in " + quoteForLog(s))
 			}
 			depth--
 		case depth == 0:
@@ -117,11 +117,11 @@ func validateOriginEntry(s string) error {
 		}
 	}
 	if depth != 0 {
-		return errors.New("unbalanced '{' in " + wsQuote(s))
+		return errors.New("unbalanced '{' in " + quoteForLog(s))
 	}
 	rest := strings.Replace(lit.String(), "://", "", 1)
 	if i := strings.IndexAny(rest, "/?#@"); i >= 0 {
-		return errors.New("origin " + wsQuote(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
+		return errors.New("origin " + quoteForLog(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
 	}
 	return nil
 }
@@ -185,7 +185,7 @@ func checkOriginAgainst(values []string, patterns []originPattern, restricted, r
 	}
 	o, ok := normalizeOrigin(v)
 	if !ok {
-		return false, "malformed Origin " + wsQuote(v)
+		return false, "malformed Origin " + quoteForLog(v)
 	}
 	if !restricted {
 		return true, ""
@@ -195,7 +195,7 @@ func checkOriginAgainst(values []string, patterns []originPattern, restricted, r
 			return true, ""
 		}
 	}
-	return false, "Origin " + wsQuote(v) + " is not allowed"
+	return false, "Origin " + quoteForLog(v) + " is not allowed"
 }
 
 // originList is a websocket.origins setting ready for per-request use.
@@ -226,7 +226,10 @@ func newOriginList(entries []string) (originList, error) {
 // placeholders (e.g. func(s string) string { return repl.ReplaceAll(s, "") }).
 // An expanded entry that does not parse matches nothing; an empty list
 // (neither fixed nor dynamic entries) behaves as checkOrigin with no
-// patterns.
+// patterns. Expanded values are taken as they parse: a request-derived
+// value (the Host header) could even make an entry a wildcard, but only a
+// client that chooses its own Host, and such a client chooses its Origin
+// too; browsers, the clients the Origin check is for, cannot.
 func (l originList) check(values []string, replace func(string) string, requireOrigin bool) (ok bool, reason string) {
 	patterns := l.fixed
 	if len(l.dynamic) > 0 && len(values) == 1 {
@@ -269,26 +272,26 @@ func parseOriginString(s string, allowWildcard bool) (o origin, wildcard bool, e
 	}
 	scheme, rest, ok := strings.Cut(s, "://")
 	if !ok {
-		return origin{}, false, errors.New("origin " + wsQuote(s) + " is not scheme://host[:port]")
+		return origin{}, false, errors.New("origin " + quoteForLog(s) + " is not scheme://host[:port]")
 	}
 	if !validScheme(scheme) {
-		return origin{}, false, errors.New("origin " + wsQuote(s) + " has an invalid scheme")
+		return origin{}, false, errors.New("origin " + quoteForLog(s) + " has an invalid scheme")
 	}
 	o.scheme = strings.ToLower(scheme)
 	if i := strings.IndexAny(rest, "/?#@"); i >= 0 {
-		return origin{}, false, errors.New("origin " + wsQuote(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
+		return origin{}, false, errors.New("origin " + quoteForLog(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
 	}
 
 	host, port, hasPort := rest, "", false
 	if strings.HasPrefix(rest, "[") {
 		end := strings.IndexByte(rest, ']')
 		if end < 0 {
-			return origin{}, false, errors.New("origin " + wsQuote(s) + " has an unterminated IPv6 literal")
+			return origin{}, false, errors.New("origin " + quoteForLog(s) + " has an unterminated IPv6 literal")
 		}
 		host = rest[:end+1]
 		if after := rest[end+1:]; after != "" {
 			if after[0] != ':' {
-				return origin{}, false, errors.New("origin " + wsQuote(s) + " has text after its IPv6 literal")
+				return origin{}, false, errors.New("origin " + quoteForLog(s) + " has text after its IPv6 literal")
 			}
 			port, hasPort = after[1:], true
 		}
@@ -298,14 +301,14 @@ func parseOriginString(s string, allowWildcard bool) (o origin, wildcard bool, e
 
 	if hasPort {
 		if o.port, err = normalizePort(port); err != nil {
-			return origin{}, false, errors.New("origin " + wsQuote(s) + ": " + err.Error())
+			return origin{}, false, errors.New("origin " + quoteForLog(s) + ": " + err.Error())
 		}
 		if o.port == defaultPort(o.scheme) {
 			o.port = ""
 		}
 	}
 	if o.host, wildcard, err = normalizeOriginHost(host, allowWildcard); err != nil {
-		return origin{}, false, errors.New("origin " + wsQuote(s) + ": " + err.Error())
+		return origin{}, false, errors.New("origin " + quoteForLog(s) + ": " + err.Error())
 	}
 	return o, wildcard, nil
 }

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
@@ -111,7 +113,13 @@ type responseGuard struct {
 	exp         *expectation
 	tunnel      *tunnel
 	wroteHeader bool
-	switched    bool // a 101 (HTTP/1.1) or a 2xx (extended CONNECT) went out
+	// pending101 is a checked HTTP/1.1 101 not yet sent: it goes out on
+	// Hijack, after the client is found to have waited for it.
+	pending101 bool
+	switched   bool // a 101 (HTTP/1.1) or a 2xx (extended CONNECT) went out
+	// earlyBytes is set when the client sent data before the 101; it got a
+	// raw 400 on the hijacked connection.
+	earlyBytes bool
 }
 
 func (g *responseGuard) WriteHeader(code int) {
@@ -129,17 +137,16 @@ func (g *responseGuard) WriteHeader(code int) {
 			g.exp.invalid = reason
 			return
 		}
-		g.switched = true
-	case g.exp.extendedConnect && code >= 200 && code < 300 && g.exp.websocket:
-		if reason := checkWebSocket101(g.exp.clientHeader, g.Header(), false); reason != "" {
-			g.exp.invalid = reason
-			return
+		g.pending101 = true
+		return
+	case g.exp.extendedConnect && code >= 200 && code < 300:
+		if g.exp.websocket {
+			if reason := checkWebSocket101(g.exp.clientHeader, g.Header(), false); reason != "" {
+				g.exp.invalid = reason
+				return
+			}
 		}
 		g.switched = true
-	case g.exp.extendedConnect && code >= 200 && code < 300:
-		g.switched = true
-	}
-	if g.switched {
 		g.tunnel.start()
 	}
 	g.exp.count()
@@ -150,7 +157,7 @@ func (g *responseGuard) Write(p []byte) (int, error) {
 	if !g.wroteHeader {
 		g.WriteHeader(http.StatusOK)
 	}
-	if g.exp.invalid != "" {
+	if g.exp.invalid != "" || g.pending101 {
 		return 0, errBackendInvalid
 	}
 	n, err := g.ResponseWriter.Write(p)
@@ -161,25 +168,64 @@ func (g *responseGuard) Write(p []byte) (int, error) {
 }
 
 // FlushError keeps a flush from sending an implicit 200 for an answer the
-// guard held back.
+// guard held back or has not sent yet.
 func (g *responseGuard) FlushError() error {
 	if g.exp.invalid != "" {
 		return errBackendInvalid
 	}
+	if g.pending101 {
+		return nil
+	}
 	return http.NewResponseController(g.ResponseWriter).Flush()
 }
 
-// Hijack hands out the client connection only after a checked 101, wrapped
-// so that the tunnel's limits and timeouts see its bytes.
+// Hijack sends a checked 101 and hands out the client connection, wrapped
+// so that the tunnel's limits, timeouts and metrics see its bytes.
+//
+// The 101 is written here, on the hijacked connection, rather than by
+// net/http: only after hijacking can the handler see whether the client
+// sent bytes before the 101, which RFC 6455 §4.1 forbids and which would
+// otherwise be forwarded to the backend as tunnel data (SPEC §4).
 func (g *responseGuard) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if !g.switched {
+	if !g.pending101 {
 		return nil, nil, errBackendInvalid
 	}
+	g.pending101 = false
 	conn, brw, err := http.NewResponseController(g.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
+	if g.exp.websocket && brw.Reader.Buffered() > 0 {
+		g.earlyBytes = true
+		refuseEarlyBytes(conn, brw)
+		return nil, nil, errEarlyBytes
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	g.Header().Write(brw)
+	brw.WriteString("\r\n")
+	// The connection is hijacked, so net/http only logs this call at
+	// debug level; Caddy's response recorders see the 101 for access logs.
+	g.ResponseWriter.WriteHeader(http.StatusSwitchingProtocols)
+	g.switched = true
+	g.tunnel.start()
+	g.exp.count()
 	return g.tunnel.hijacked(conn), brw, nil
+}
+
+var errEarlyBytes = errors.New("client sent data before the 101")
+
+// refuseEarlyBytes answers a client that did not wait for the 101 with a
+// raw 400, then closes gracefully (RFC 9112 §9.6): half-close, drain for up
+// to a second so the client reads the 400 rather than a reset, and close.
+func refuseEarlyBytes(conn net.Conn, brw *bufio.ReadWriter) {
+	brw.WriteString("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+	brw.Flush()
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	io.Copy(io.Discard, conn)
+	conn.Close()
 }
 
 func (g *responseGuard) Unwrap() http.ResponseWriter { return g.ResponseWriter }

@@ -75,6 +75,14 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	} else {
 		err = next.ServeHTTP(g, r)
 	}
+	if g.earlyBytes {
+		// The client has its raw 400 and its connection is closed.
+		repl.Set(placeholderOutcome, string(outcomeInvalid))
+		countRequest(label, outcomeInvalid)
+		h.logger.Info("upgrade refused", zap.Int("status", http.StatusBadRequest),
+			zap.String("outcome", string(outcomeInvalid)), zap.String("reason", errEarlyBytes.Error()))
+		return nil
+	}
 	if exp.invalid == "" && err == nil && !g.wroteHeader {
 		exp.invalid = "the handler after upgrade wrote no response"
 	}

@@ -4,7 +4,6 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"net/http"
-	"strconv"
 	"strings"
 )
 
@@ -32,27 +31,27 @@ const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 func checkWebSocketRequest(method string, h http.Header, extendedConnect bool) (status int, reason string) {
 	if !extendedConnect {
 		if method != http.MethodGet {
-			return http.StatusBadRequest, "WebSocket handshake method must be GET, not " + wsQuote(method)
+			return http.StatusBadRequest, "WebSocket handshake method must be GET, not " + quoteForLog(method)
 		}
-		keys := h.Values("Sec-WebSocket-Key")
+		keys := wsValues(h, "Sec-WebSocket-Key")
 		switch {
 		case len(keys) == 0:
 			return http.StatusBadRequest, "missing Sec-WebSocket-Key"
 		case len(keys) > 1:
 			return http.StatusBadRequest, "duplicate Sec-WebSocket-Key"
-		case !validWebSocketKey(wsTrimOWS(keys[0])):
+		case !validWebSocketKey(trimOWS(keys[0])):
 			return http.StatusBadRequest, "Sec-WebSocket-Key is not base64 of 16 bytes"
 		}
 	}
-	versions := h.Values("Sec-WebSocket-Version")
+	versions := wsValues(h, "Sec-WebSocket-Version")
 	switch {
 	case len(versions) == 0:
 		return http.StatusBadRequest, "missing Sec-WebSocket-Version"
 	case len(versions) > 1:
 		return http.StatusBadRequest, "duplicate Sec-WebSocket-Version"
 	}
-	if v := wsTrimOWS(versions[0]); v != "13" {
-		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + wsQuote(v) + " (13 required)"
+	if v := trimOWS(versions[0]); v != "13" {
+		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + quoteForLog(v) + " (13 required)"
 	}
 	return 0, ""
 }
@@ -104,7 +103,7 @@ func headerTokens(values []string) []string {
 	var out []string
 	for _, line := range values {
 		for elem := range strings.SplitSeq(line, ",") {
-			if elem = wsTrimOWS(elem); elem != "" {
+			if elem = trimOWS(elem); elem != "" {
 				out = append(out, elem)
 			}
 		}
@@ -120,7 +119,7 @@ func headerTokens(values []string) []string {
 func headerListElements(values []string) []string {
 	var out []string
 	add := func(elem string) {
-		if elem = wsTrimOWS(elem); elem != "" {
+		if elem = trimOWS(elem); elem != "" {
 			out = append(out, elem)
 		}
 	}
@@ -147,8 +146,8 @@ func headerListElements(values []string) []string {
 // lower-cased, or "" if that is not a token.
 func extensionName(elem string) string {
 	name, _, _ := strings.Cut(elem, ";")
-	name = wsTrimOWS(name)
-	if !wsIsToken(name) {
+	name = trimOWS(name)
+	if !isToken(name) {
 		return ""
 	}
 	return strings.ToLower(name)
@@ -174,83 +173,65 @@ func extensionName(elem string) string {
 // Connection and Upgrade are not looked at here.
 func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reason string) {
 	if checkAccept {
-		keys := reqHeader.Values("Sec-WebSocket-Key")
+		keys := wsValues(reqHeader, "Sec-WebSocket-Key")
 		if len(keys) != 1 {
 			return "request has no single Sec-WebSocket-Key to check the Accept against"
 		}
-		accepts := resHeader.Values("Sec-WebSocket-Accept")
+		accepts := wsValues(resHeader, "Sec-WebSocket-Accept")
 		switch {
 		case len(accepts) == 0:
 			return "missing Sec-WebSocket-Accept"
 		case len(accepts) > 1:
 			return "duplicate Sec-WebSocket-Accept"
-		case wsTrimOWS(accepts[0]) != acceptKey(wsTrimOWS(keys[0])):
-			return "wrong Sec-WebSocket-Accept " + wsQuote(accepts[0])
+		case trimOWS(accepts[0]) != acceptKey(trimOWS(keys[0])):
+			return "wrong Sec-WebSocket-Accept " + quoteForLog(accepts[0])
 		}
 	}
 
-	if protos := resHeader.Values("Sec-WebSocket-Protocol"); len(protos) > 0 {
+	if protos := wsValues(resHeader, "Sec-WebSocket-Protocol"); len(protos) > 0 {
 		if len(protos) > 1 {
 			return "duplicate Sec-WebSocket-Protocol"
 		}
-		p := wsTrimOWS(protos[0])
+		p := trimOWS(protos[0])
 		if p == "" || strings.Contains(p, ",") {
-			return "Sec-WebSocket-Protocol " + wsQuote(protos[0]) + " is not one subprotocol"
+			return "Sec-WebSocket-Protocol " + quoteForLog(protos[0]) + " is not one subprotocol"
 		}
 		offered := false
-		for _, o := range headerTokens(reqHeader.Values("Sec-WebSocket-Protocol")) {
+		for _, o := range headerTokens(wsValues(reqHeader, "Sec-WebSocket-Protocol")) {
 			if o == p {
 				offered = true
 				break
 			}
 		}
 		if !offered {
-			return "Sec-WebSocket-Protocol " + wsQuote(p) + " was not offered"
+			return "Sec-WebSocket-Protocol " + quoteForLog(p) + " was not offered"
 		}
 	}
 
-	if exts := resHeader.Values("Sec-WebSocket-Extensions"); len(exts) > 0 {
+	if exts := wsValues(resHeader, "Sec-WebSocket-Extensions"); len(exts) > 0 {
 		offered := map[string]bool{}
-		for _, elem := range headerListElements(reqHeader.Values("Sec-WebSocket-Extensions")) {
+		for _, elem := range headerListElements(wsValues(reqHeader, "Sec-WebSocket-Extensions")) {
 			if name := extensionName(elem); name != "" {
 				offered[name] = true
 			}
 		}
 		for _, elem := range headerListElements(exts) {
 			if !offered[extensionName(elem)] { // "" is never offered
-				return "Sec-WebSocket-Extensions " + wsQuote(elem) + " was not offered"
+				return "Sec-WebSocket-Extensions " + quoteForLog(elem) + " was not offered"
 			}
 		}
 	}
 	return ""
 }
 
-// wsTrimOWS removes optional whitespace (spaces and tabs) around s.
-func wsTrimOWS(s string) string { return strings.Trim(s, " \t") }
-
-// wsIsToken reports whether s is an RFC 9110 token (1*tchar).
-func wsIsToken(s string) bool {
-	if s == "" {
-		return false
+// wsValues reads a Sec-WebSocket-* field under either spelling: Go's
+// canonical one and RFC 6455's, which Caddy's reverse proxy uses when it
+// re-keys the fields of a handshake it forwards.
+func wsValues(h http.Header, name string) []string {
+	canonical := http.CanonicalHeaderKey(name)
+	v := h[canonical]
+	if rfc := h[name]; len(rfc) > 0 && name != canonical {
+		v = append(v[:len(v):len(v)], rfc...)
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
-			continue
-		}
-		if strings.IndexByte("!#$%&'*+-.^_`|~", c) < 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// wsQuote quotes a peer-supplied value for a reason string, cut to 64 bytes
-// so that reasons stay short and logs bounded (SPEC §7).
-func wsQuote(s string) string {
-	const max = 64
-	if len(s) > max {
-		return strconv.Quote(s[:max]) + "…"
-	}
-	return strconv.Quote(s)
+	return v
 }

@@ -1,0 +1,755 @@
+package upgrade
+
+// Shared harness for the tests that run the module inside a real Caddy
+// (integration, adversarial, HTTP/2-3, limits):
+//
+//   - loadCaddyfile / loadCaddyJSON start Caddy in-process through caddytest
+//     (admin API on localhost:2999, one Caddy per test binary) and replace
+//     its config. Tests that use them must not call t.Parallel.
+//   - recordingBackend is an HTTP/1.1 backend on a raw listener that records
+//     every byte it receives, every request it parses, and what arrives on a
+//     tunnel after it switched protocols; its answer is chosen per backend.
+//   - rawClient speaks exact bytes to Caddy and reads responses with
+//     http.ReadResponse, so that a connection can be reused (pipelining) and
+//     the wire can be inspected.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/gorilla/websocket"
+)
+
+// Fixed addresses of the in-process Caddy.
+const (
+	harnessAdmin     = "localhost:2999" // caddytest's fixed admin address
+	harnessHTTPPort  = 9080
+	harnessHTTPSPort = 9443
+	// harnessLogLevel keeps Caddy's log readable in -v runs; the module's
+	// warnings (backend mismatches) still show.
+	harnessLogLevel = "WARN"
+	// harnessIO bounds every network wait of the harness.
+	harnessIO = 5 * time.Second
+)
+
+// harnessAddr is the host:port clients dial to reach Caddy's HTTP server.
+var harnessAddr = fmt.Sprintf("127.0.0.1:%d", harnessHTTPPort)
+
+// caddyURL is an http:// URL on Caddy's HTTP server.
+func caddyURL(path string) string { return "http://" + harnessAddr + path }
+
+// caddyWSURL is a ws:// URL on Caddy's HTTP server.
+func caddyWSURL(path string) string { return "ws://" + harnessAddr + path }
+
+// harnessGlobalOptions is the Caddyfile global block every test config
+// starts with.
+func harnessGlobalOptions() string {
+	return fmt.Sprintf(`{
+	admin %s
+	http_port %d
+	https_port %d
+	grace_period 1ns
+	skip_install_trust
+	log {
+		level %s
+	}
+}
+`, harnessAdmin, harnessHTTPPort, harnessHTTPSPort, harnessLogLevel)
+}
+
+// caddyfileConfig prepends the harness's global options to site blocks.
+// Sites on port harnessHTTPPort (":9080") are served over plain HTTP.
+func caddyfileConfig(sites string) string {
+	return harnessGlobalOptions() + "\n" + sites
+}
+
+// harnessJSONConfig wraps a list of routes (a JSON array) into a full config
+// with one plain-HTTP server on harnessHTTPPort. errorRoutes may be "".
+func harnessJSONConfig(routes, errorRoutes string) string {
+	errs := ""
+	if errorRoutes != "" {
+		errs = fmt.Sprintf(`, "errors": {"routes": %s}`, errorRoutes)
+	}
+	return fmt.Sprintf(`{
+	"admin": {"listen": %q},
+	"logging": {"logs": {"default": {"level": %q}}},
+	"apps": {
+		"pki": {"certificate_authorities": {"local": {"install_trust": false}}},
+		"http": {
+			"http_port": %d,
+			"https_port": %d,
+			"grace_period": 1,
+			"servers": {
+				"srv0": {
+					"listen": [":%d"],
+					"automatic_https": {"disable": true},
+					"routes": %s%s
+				}
+			}
+		}
+	}
+}`, harnessAdmin, harnessLogLevel, harnessHTTPPort, harnessHTTPSPort, harnessHTTPPort, routes, errs)
+}
+
+// loadCaddyfile starts Caddy if needed and loads caddyfileConfig(sites).
+func loadCaddyfile(t *testing.T, sites string) *caddytest.Tester {
+	t.Helper()
+	return loadCaddyRaw(t, caddyfileConfig(sites), "caddyfile")
+}
+
+// loadCaddyJSON starts Caddy if needed and loads a full JSON config through
+// the admin API (POST /load).
+func loadCaddyJSON(t *testing.T, config string) *caddytest.Tester {
+	t.Helper()
+	return loadCaddyRaw(t, config, "json")
+}
+
+// loadCaddyRaw loads a full config of the given type ("caddyfile" or
+// "json"), failing the test at once if Caddy refuses it. caddytest skips
+// silently when its prerequisites are missing; this fails instead.
+func loadCaddyRaw(t *testing.T, config, configType string) *caddytest.Tester {
+	t.Helper()
+	requireCaddytestPrerequisites(t)
+	tester := caddytest.NewTester(t)
+	failedBefore := t.Failed()
+	tester.InitServer(config, configType)
+	if t.Failed() && !failedBefore {
+		t.Fatalf("Caddy did not load the %s config:\n%s", configType, config)
+	}
+	return tester
+}
+
+// requireCaddytestPrerequisites turns caddytest's silent skips into
+// failures: under -short, or when its certificates cannot be found next to
+// its source (a -trimpath build), it would skip every test.
+func requireCaddytestPrerequisites(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Fatal("integration tests need a real Caddy and do not run under -short")
+	}
+	pc := reflect.ValueOf(caddytest.NewTester).Pointer()
+	file, _ := runtime.FuncForPC(pc).FileLine(pc)
+	dir := filepath.Dir(file)
+	for _, c := range caddytest.Default.Certificates {
+		if _, err := os.Stat(dir + c); err != nil {
+			t.Fatalf("caddytest would skip: its certificate %s is missing (%v); was the test built with -trimpath?", dir+c, err)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Recording backend
+
+// recordedRequest is one request a recordingBackend parsed.
+type recordedRequest struct {
+	Method     string
+	RequestURI string
+	Proto      string
+	Header     http.Header // as received, a copy
+	Body       []byte
+
+	// Set when the backend switched protocols for this request.
+	Switched bool
+	tunnel   *lockedBuffer
+	closed   chan struct{} // closed when the backend's tunnel side ends
+}
+
+// TunnelBytes is what arrived on the tunnel after the backend's 101.
+func (r *recordedRequest) TunnelBytes() []byte {
+	if r.tunnel == nil {
+		return nil
+	}
+	return r.tunnel.Bytes()
+}
+
+// WaitTunnelClosed reports whether the backend's tunnel connection was
+// closed by the peer (or failed) within d.
+func (r *recordedRequest) WaitTunnelClosed(d time.Duration) bool {
+	if r.closed == nil {
+		return false
+	}
+	select {
+	case <-r.closed:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// backendAnswer decides how a recordingBackend answers one request. It
+// may hijack; rec is already recorded (its Header and Body are filled).
+type backendAnswer func(b *recordingBackend, w http.ResponseWriter, r *http.Request, rec *recordedRequest)
+
+// recordingBackend is an HTTP/1.1 server on a raw listener. Every byte any
+// connection delivers is recorded (RawBytes), every parsed request is
+// recorded (Requests), and after a 101 every tunnel byte is recorded on the
+// request (recordedRequest.TunnelBytes).
+type recordingBackend struct {
+	t      testing.TB
+	ln     net.Listener
+	srv    *http.Server
+	answer backendAnswer
+
+	mu       sync.Mutex
+	conns    []*recordingConn
+	requests []*recordedRequest
+	hijacked []net.Conn
+}
+
+// newRecordingBackend starts a backend on 127.0.0.1 that answers with
+// answer (answerEcho() if nil). It is closed when the test ends.
+func newRecordingBackend(t testing.TB, answer backendAnswer) *recordingBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("backend listen: %v", err)
+	}
+	if answer == nil {
+		answer = answerEcho()
+	}
+	b := &recordingBackend{t: t, answer: answer}
+	b.ln = &recordingListener{Listener: ln, b: b}
+	b.srv = &http.Server{
+		Handler:           http.HandlerFunc(b.serve),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          nil,
+	}
+	go b.srv.Serve(b.ln)
+	t.Cleanup(b.Close)
+	return b
+}
+
+// Addr is the backend's host:port.
+func (b *recordingBackend) Addr() string { return b.ln.Addr().String() }
+
+// Close stops the server and closes every connection, hijacked ones too.
+func (b *recordingBackend) Close() {
+	b.srv.Close()
+	b.mu.Lock()
+	hj := b.hijacked
+	b.hijacked = nil
+	b.mu.Unlock()
+	for _, c := range hj {
+		c.Close()
+	}
+}
+
+func (b *recordingBackend) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rec := &recordedRequest{
+		Method:     r.Method,
+		RequestURI: r.RequestURI,
+		Proto:      r.Proto,
+		Header:     r.Header.Clone(),
+		Body:       body,
+	}
+	b.mu.Lock()
+	b.requests = append(b.requests, rec)
+	b.mu.Unlock()
+	b.answer(b, w, r, rec)
+}
+
+// Requests returns the requests parsed so far, in arrival order.
+func (b *recordingBackend) Requests() []*recordedRequest {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]*recordedRequest(nil), b.requests...)
+}
+
+// LastRequest is the latest parsed request; the test fails if there is none.
+func (b *recordingBackend) LastRequest() *recordedRequest {
+	b.t.Helper()
+	reqs := b.Requests()
+	if len(reqs) == 0 {
+		b.t.Fatalf("backend %s received no request", b.Addr())
+	}
+	return reqs[len(reqs)-1]
+}
+
+// Conns is the number of connections accepted so far.
+func (b *recordingBackend) Conns() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
+}
+
+// RawBytes is every byte received so far, over all connections, in
+// connection order.
+func (b *recordingBackend) RawBytes() []byte {
+	b.mu.Lock()
+	conns := append([]*recordingConn(nil), b.conns...)
+	b.mu.Unlock()
+	var all []byte
+	for _, c := range conns {
+		all = append(all, c.rx.Bytes()...)
+	}
+	return all
+}
+
+// backendSnapshot is what a backend has seen at one moment; compare two to
+// prove that nothing reached it in between.
+type backendSnapshot struct {
+	Conns, Requests, Bytes int
+}
+
+func (b *recordingBackend) Snapshot() backendSnapshot {
+	return backendSnapshot{Conns: b.Conns(), Requests: len(b.Requests()), Bytes: len(b.RawBytes())}
+}
+
+// RequireUntouchedSince fails the test if anything reached the backend
+// after s was taken.
+func (b *recordingBackend) RequireUntouchedSince(s backendSnapshot, what string) {
+	b.t.Helper()
+	if now := b.Snapshot(); now != s {
+		b.t.Errorf("%s: backend was reached: before %+v, after %+v; raw bytes since: %q",
+			what, s, now, harnessTail(b.RawBytes(), now.Bytes-s.Bytes))
+	}
+}
+
+func harnessTail(p []byte, n int) []byte {
+	if n <= 0 || n > len(p) {
+		return p[:0]
+	}
+	return p[len(p)-n:]
+}
+
+type recordingListener struct {
+	net.Listener
+	b *recordingBackend
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	rc := &recordingConn{Conn: c, rx: new(lockedBuffer)}
+	l.b.mu.Lock()
+	l.b.conns = append(l.b.conns, rc)
+	l.b.mu.Unlock()
+	return rc, nil
+}
+
+// recordingConn records every byte read from the connection.
+type recordingConn struct {
+	net.Conn
+	rx *lockedBuffer
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.rx.Write(p[:n])
+	}
+	return n, err
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]byte(nil), l.buf.Bytes()...)
+}
+
+// isUpgradeRequest reports whether a request, as the backend got it, asks
+// to upgrade (Connection: upgrade and an Upgrade field).
+func isUpgradeRequest(r *http.Request) bool {
+	if len(r.Header["Upgrade"]) == 0 {
+		return false
+	}
+	for _, v := range r.Header["Connection"] {
+		for _, e := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(e), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// plainAnswer writes the default answer to a request that is not an
+// upgrade: 200, body "backend <method> <uri>".
+func plainAnswer(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	fmt.Fprintf(w, "backend %s %s", r.Method, r.RequestURI)
+}
+
+// answerEcho: a real WebSocket echo server (gorilla) for WebSocket
+// upgrades, plainAnswer for the rest (an upgrade to anything else gets
+// plainAnswer too).
+func answerEcho() backendAnswer {
+	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	return func(b *recordingBackend, w http.ResponseWriter, r *http.Request, rec *recordedRequest) {
+		if !websocket.IsWebSocketUpgrade(r) {
+			plainAnswer(w, r)
+			return
+		}
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		rec.Switched = true
+		b.mu.Lock()
+		b.hijacked = append(b.hijacked, c.NetConn())
+		b.mu.Unlock()
+		go func() {
+			defer c.Close()
+			for {
+				mt, msg, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				if err := c.WriteMessage(mt, msg); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// answerSwitch answers every upgrade request with a raw 101 carrying the
+// given header lines, then records (and, with echo, sends back) every
+// tunnel byte. In lines, {upgrade} expands to the request's first Upgrade
+// value, {accept} to the correct Sec-WebSocket-Accept for its key and
+// {key} to the key itself. Requests that are not upgrades get plainAnswer.
+func answerSwitch(echo bool, lines ...string) backendAnswer {
+	return func(b *recordingBackend, w http.ResponseWriter, r *http.Request, rec *recordedRequest) {
+		if !isUpgradeRequest(r) {
+			plainAnswer(w, r)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			b.t.Errorf("backend hijack: %v", err)
+			return
+		}
+		b.mu.Lock()
+		b.hijacked = append(b.hijacked, conn)
+		b.mu.Unlock()
+		rec.Switched = true
+		rec.tunnel = new(lockedBuffer)
+		rec.closed = make(chan struct{})
+
+		key := r.Header.Get("Sec-WebSocket-Key")
+		exp := strings.NewReplacer("{upgrade}", r.Header.Get("Upgrade"), "{accept}", websocketAcceptFor(key), "{key}", key)
+		var head strings.Builder
+		head.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+		for _, l := range lines {
+			head.WriteString(exp.Replace(l) + "\r\n")
+		}
+		head.WriteString("\r\n")
+		brw.WriteString(head.String())
+		brw.Flush()
+		go func() {
+			defer close(rec.closed)
+			defer conn.Close()
+			buf := make([]byte, 4096)
+			for {
+				n, err := brw.Read(buf)
+				if n > 0 {
+					rec.tunnel.Write(buf[:n])
+					if echo {
+						if _, werr := conn.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// answerNaive is the 101-to-anything backend: every upgrade request gets a
+// 101 naming the protocol it asked for, with Connection: Upgrade and the
+// correct Sec-WebSocket-Accept if it sent a key; tunnel bytes are recorded
+// and echoed.
+func answerNaive() backendAnswer {
+	return func(b *recordingBackend, w http.ResponseWriter, r *http.Request, rec *recordedRequest) {
+		lines := []string{"Connection: Upgrade", "Upgrade: {upgrade}"}
+		if r.Header.Get("Sec-WebSocket-Key") != "" {
+			lines = append(lines, "Sec-WebSocket-Accept: {accept}")
+		}
+		answerSwitch(true, lines...)(b, w, r, rec)
+	}
+}
+
+// answerRefuse answers every upgrade request with status and the given
+// header lines ("Name: value"), body "refused"; other requests get
+// plainAnswer.
+func answerRefuse(status int, lines ...string) backendAnswer {
+	return func(b *recordingBackend, w http.ResponseWriter, r *http.Request, rec *recordedRequest) {
+		if !isUpgradeRequest(r) {
+			plainAnswer(w, r)
+			return
+		}
+		for _, l := range lines {
+			name, value, _ := strings.Cut(l, ":")
+			w.Header().Add(strings.TrimSpace(name), strings.TrimSpace(value))
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, "refused")
+	}
+}
+
+// answerStatus answers every request, upgrade or not, with status and body.
+func answerStatus(status int, body string) backendAnswer {
+	return func(b *recordingBackend, w http.ResponseWriter, r *http.Request, rec *recordedRequest) {
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket helpers
+
+// websocketAcceptFor is RFC 6455 §4.2.2's Sec-WebSocket-Accept for key,
+// computed here independently of the module.
+func websocketAcceptFor(key string) string {
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// newWebSocketKey is a fresh random Sec-WebSocket-Key.
+func newWebSocketKey() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.StdEncoding.EncodeToString(b[:])
+}
+
+// rawRequest builds an HTTP/1.1 request head: "METHOD path HTTP/1.1",
+// Host, then the given header lines verbatim (several lines with one name
+// stay separate), then the blank line.
+func rawRequest(method, path string, lines ...string) string {
+	return rawRequestProto(method, path, "HTTP/1.1", lines...)
+}
+
+// rawRequestProto is rawRequest with a chosen protocol version.
+func rawRequestProto(method, path, proto string, lines ...string) string {
+	var s strings.Builder
+	fmt.Fprintf(&s, "%s %s %s\r\nHost: %s\r\n", method, path, proto, harnessAddr)
+	for _, l := range lines {
+		s.WriteString(l + "\r\n")
+	}
+	s.WriteString("\r\n")
+	return s.String()
+}
+
+// wsHandshakeLines are the header lines of a valid WebSocket handshake
+// with key.
+func wsHandshakeLines(key string) []string {
+	return []string{
+		"Connection: Upgrade",
+		"Upgrade: websocket",
+		"Sec-WebSocket-Key: " + key,
+		"Sec-WebSocket-Version: 13",
+	}
+}
+
+// wsHandshake is a valid raw WebSocket handshake for path; extra lines are
+// appended after the standard ones. It returns the request and its key.
+func wsHandshake(path string, extra ...string) (req, key string) {
+	key = newWebSocketKey()
+	return rawRequest("GET", path, append(wsHandshakeLines(key), extra...)...), key
+}
+
+// dialWebSocket opens a WebSocket through Caddy with gorilla; it returns
+// the handshake response even when the handshake fails.
+func dialWebSocket(t testing.TB, path string) (*websocket.Conn, *http.Response, error) {
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: harnessIO}
+	c, res, err := d.Dial(caddyWSURL(path), nil)
+	if c != nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, res, err
+}
+
+// mustDialWebSocket is dialWebSocket that fails the test unless the
+// handshake succeeds.
+func mustDialWebSocket(t testing.TB, path string) *websocket.Conn {
+	t.Helper()
+	c, res, err := dialWebSocket(t, path)
+	if err != nil {
+		status := "no response"
+		if res != nil {
+			status = res.Status
+		}
+		t.Fatalf("WebSocket dial %s: %v (%s)", path, err, status)
+	}
+	return c
+}
+
+// wsEcho sends msg and fails the test unless the same text comes back.
+func wsEcho(t testing.TB, c *websocket.Conn, msg string) {
+	t.Helper()
+	c.SetWriteDeadline(time.Now().Add(harnessIO))
+	if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+		t.Fatalf("WebSocket write: %v", err)
+	}
+	c.SetReadDeadline(time.Now().Add(harnessIO))
+	mt, got, err := c.ReadMessage()
+	if err != nil {
+		t.Fatalf("WebSocket read: %v", err)
+	}
+	if mt != websocket.TextMessage || string(got) != msg {
+		t.Fatalf("WebSocket echo: got type %d %q, want text %q", mt, got, msg)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Raw TCP client
+
+// rawClient is one TCP connection to Caddy, written with exact bytes and
+// read with http.ReadResponse; it can carry several requests in a row.
+type rawClient struct {
+	t    testing.TB
+	Conn net.Conn
+	R    *bufio.Reader
+}
+
+// rawResponse is a response read off the wire, its body read in full.
+type rawResponse struct {
+	*http.Response
+	Body string
+}
+
+// dialRaw connects to Caddy's HTTP port; the connection is closed when the
+// test ends.
+func dialRaw(t testing.TB) *rawClient {
+	t.Helper()
+	return dialRawAddr(t, harnessAddr)
+}
+
+// dialRawAddr connects to addr.
+func dialRawAddr(t testing.TB, addr string) *rawClient {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, harnessIO)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawClient{t: t, Conn: c, R: bufio.NewReader(c)}
+}
+
+// Send writes s as is.
+func (c *rawClient) Send(s string) {
+	c.t.Helper()
+	c.Conn.SetWriteDeadline(time.Now().Add(harnessIO))
+	if _, err := io.WriteString(c.Conn, s); err != nil {
+		c.t.Fatalf("raw write: %v", err)
+	}
+}
+
+// TryRead reads one response (and its whole body) within harnessIO.
+// method is the request's method ("" for GET); it matters for HEAD.
+func (c *rawClient) TryRead(method string) (*rawResponse, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	var req *http.Request
+	if method != "" {
+		req = &http.Request{Method: method}
+	}
+	res, err := http.ReadResponse(c.R, req)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reading body of %s: %w", res.Status, err)
+	}
+	return &rawResponse{Response: res, Body: string(body)}, nil
+}
+
+// Read is TryRead that fails the test on error.
+func (c *rawClient) Read() *rawResponse {
+	c.t.Helper()
+	res, err := c.TryRead("")
+	if err != nil {
+		c.t.Fatalf("raw read response: %v", err)
+	}
+	return res
+}
+
+// Do sends s and reads one response.
+func (c *rawClient) Do(s string) *rawResponse {
+	c.t.Helper()
+	c.Send(s)
+	return c.Read()
+}
+
+// ReadUntilClosed reads whatever arrives until the peer closes or d
+// passes; closed is false if d passed first.
+func (c *rawClient) ReadUntilClosed(d time.Duration) (data []byte, closed bool) {
+	c.Conn.SetReadDeadline(time.Now().Add(d))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	data, err := io.ReadAll(c.R)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return data, false
+	}
+	return data, true
+}
+
+// rawDo sends s on a fresh connection and reads one response.
+func rawDo(t testing.TB, s string) *rawResponse {
+	t.Helper()
+	return dialRaw(t).Do(s)
+}
+
+// ---------------------------------------------------------------------------
+// Small assertion helpers
+
+// requireStatus fails the test unless res has the given status.
+func requireStatus(t testing.TB, res *rawResponse, want int) {
+	t.Helper()
+	if res.StatusCode != want {
+		t.Fatalf("status %s, want %d; headers %v; body %q", res.Status, want, res.Header, res.Body)
+	}
+}
+
+// pollUntil polls cond every 20ms until it holds or d passes.
+func pollUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
