@@ -88,6 +88,7 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 		parse, own := subdirectives[name]
 		if !own {
 			passThrough = true
+			seg.RemainingArgs() // its arguments are reverse_proxy's, whatever their names
 			continue
 		}
 		args := seg.RemainingArgs()

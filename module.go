@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -149,16 +150,13 @@ func (h *Handler) Validate() error {
 	if len(h.Protocols) == 0 {
 		return fmt.Errorf("protocols: at least one protocol is required")
 	}
-	seen := make(map[string]bool, len(h.Protocols))
-	for _, s := range h.Protocols {
+	for i, s := range h.Protocols {
 		if err := validateProtocol(s); err != nil {
 			return fmt.Errorf("protocols: %v", err)
 		}
-		name, _, _ := strings.Cut(s, "/")
-		if seen[strings.ToLower(name)] {
-			return fmt.Errorf("protocols: %q is listed twice (names compare case-insensitively)", s)
+		if j := overlapping(h.Protocols[:i], s); j >= 0 {
+			return fmt.Errorf("protocols: %q duplicates %q (names compare case-insensitively; a bare name covers every version)", s, h.Protocols[j])
 		}
-		seen[strings.ToLower(name)] = true
 	}
 	switch h.OnDisallowed {
 	case "", onDisallowedIgnore, onDisallowedReject:
@@ -169,23 +167,37 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_connections: %d is negative", h.MaxConnections)
 	}
 	if h.IdleTimeout < 0 {
-		return fmt.Errorf("idle_timeout: %v is negative", h.IdleTimeout)
+		return fmt.Errorf("idle_timeout: %v is negative", time.Duration(h.IdleTimeout))
 	}
 	if h.MaxDuration < 0 {
-		return fmt.Errorf("max_duration: %v is negative", h.MaxDuration)
+		return fmt.Errorf("max_duration: %v is negative", time.Duration(h.MaxDuration))
 	}
-	if h.WebSocket != nil && !seen["websocket"] {
+	if h.WebSocket != nil && overlapping(h.Protocols, "websocket") < 0 {
 		return fmt.Errorf("websocket: checks are configured but websocket is not in protocols")
 	}
 	if err := h.websocket.validate(h.WebSocket); err != nil {
 		return fmt.Errorf("websocket: %v", err)
 	}
-	if h.ProxyRaw != nil {
+	if h.proxy != nil { // ctx.LoadModule has cleared ProxyRaw by now
 		if err := validateProxy(h.proxy); err != nil {
 			return fmt.Errorf("proxy: %v", err)
 		}
 	}
 	return nil
+}
+
+// overlapping returns the index of the first entry of list that admits
+// everything s admits or the reverse (the same name with the same version,
+// or either without one), or -1. `foo/1` and `foo/2` may stand together.
+func overlapping(list []string, s string) int {
+	p, _ := parseProtocol(s)
+	for i, other := range list {
+		o, _ := parseProtocol(other)
+		if strings.EqualFold(o.name, p.name) && (o.version == p.version || o.version == "" || p.version == "") {
+			return i
+		}
+	}
+	return -1
 }
 
 // validateProtocol refuses what SPEC §6 refuses in the protocols list.
