@@ -30,6 +30,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -128,6 +129,7 @@ func loadCaddyJSON(t *testing.T, config string) *caddytest.Tester {
 func loadCaddyRaw(t *testing.T, config, configType string) *caddytest.Tester {
 	t.Helper()
 	requireCaddytestPrerequisites(t)
+	lockCaddytest(t)
 	tester := caddytest.NewTester(t)
 	failedBefore := t.Failed()
 	tester.InitServer(config, configType)
@@ -135,6 +137,52 @@ func loadCaddyRaw(t *testing.T, config, configType string) *caddytest.Tester {
 		t.Fatalf("Caddy did not load the %s config:\n%s", configType, config)
 	}
 	return tester
+}
+
+// harnessLockPath serializes test binaries that use caddytest: they all
+// share the admin address localhost:2999, so two running at once (say `go
+// test -run Offer .` by one person and the full suite by another) would load
+// configs into each other's Caddy.
+const harnessLockPath = "/tmp/caddy-upgrade-caddytest.lock"
+
+var (
+	harnessLockOnce sync.Once
+	harnessLockErr  error
+)
+
+// lockCaddytest takes an exclusive lock on harnessLockPath for the rest of
+// the process (the kernel drops it when the test binary exits), waiting up
+// to 5 minutes for another test binary to finish.
+func lockCaddytest(t *testing.T) {
+	t.Helper()
+	harnessLockOnce.Do(func() {
+		f, err := os.OpenFile(harnessLockPath, os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			harnessLockErr = err
+			return
+		}
+		deadline := time.Now().Add(5 * time.Minute)
+		logged := false
+		for {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			if err == nil {
+				return // f stays open, and locked, until the process exits
+			}
+			if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+				f.Close()
+				harnessLockErr = fmt.Errorf("locking %s: %w", harnessLockPath, err)
+				return
+			}
+			if !logged {
+				t.Logf("waiting for another test binary that uses caddytest (lock %s)", harnessLockPath)
+				logged = true
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	if harnessLockErr != nil {
+		t.Fatalf("cannot get exclusive use of caddytest's Caddy: %v", harnessLockErr)
+	}
 }
 
 // requireCaddytestPrerequisites turns caddytest's silent skips into
@@ -168,7 +216,7 @@ type recordedRequest struct {
 
 	// Set when the backend switched protocols for this request.
 	Switched bool
-	tunnel   *lockedBuffer
+	tunnel   *lockedBuffer // raw tunnel bytes (answerSwitch, answerNaive)
 	closed   chan struct{} // closed when the backend's tunnel side ends
 }
 
@@ -181,7 +229,7 @@ func (r *recordedRequest) TunnelBytes() []byte {
 }
 
 // WaitTunnelClosed reports whether the backend's tunnel connection was
-// closed by the peer (or failed) within d.
+// closed by the peer (or failed) within d; false if it never switched.
 func (r *recordedRequest) WaitTunnelClosed(d time.Duration) bool {
 	if r.closed == nil {
 		return false
@@ -418,10 +466,12 @@ func answerEcho() backendAnswer {
 			return
 		}
 		rec.Switched = true
+		rec.closed = make(chan struct{})
 		b.mu.Lock()
 		b.hijacked = append(b.hijacked, c.NetConn())
 		b.mu.Unlock()
 		go func() {
+			defer close(rec.closed)
 			defer c.Close()
 			for {
 				mt, msg, err := c.ReadMessage()
@@ -752,4 +802,105 @@ func pollUntil(d time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestHarnessRecordingBackend checks the harness itself, without Caddy:
+// each backend answer, the raw client and pipelining, and the snapshots.
+func TestHarnessRecordingBackend(t *testing.T) {
+	t.Run("naive", func(t *testing.T) {
+		b := newRecordingBackend(t, answerNaive())
+		c := dialRawAddr(t, b.Addr())
+		req, key := wsHandshake("/n")
+		res := c.Do(req)
+		requireStatus(t, res, http.StatusSwitchingProtocols)
+		if res.Header.Get("Upgrade") != "websocket" || res.Header.Get("Sec-WebSocket-Accept") != websocketAcceptFor(key) {
+			t.Fatalf("naive 101 headers %v", res.Header)
+		}
+		c.Send("tunnel bytes")
+		buf := make([]byte, len("tunnel bytes"))
+		c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
+		if _, err := io.ReadFull(c.R, buf); err != nil || string(buf) != "tunnel bytes" {
+			t.Fatalf("naive echo %q, %v", buf, err)
+		}
+		rec := b.LastRequest()
+		if !rec.Switched || string(rec.TunnelBytes()) != "tunnel bytes" || rec.RequestURI != "/n" {
+			t.Fatalf("recorded %+v, tunnel %q", rec, rec.TunnelBytes())
+		}
+		c.Conn.Close()
+		if !rec.WaitTunnelClosed(harnessIO) {
+			t.Fatalf("backend did not notice the client closing the tunnel")
+		}
+		if !bytes.Contains(b.RawBytes(), []byte("GET /n HTTP/1.1\r\n")) {
+			t.Fatalf("raw bytes %q lack the request line", b.RawBytes())
+		}
+	})
+
+	t.Run("refuse and pipelining", func(t *testing.T) {
+		b := newRecordingBackend(t, answerRefuse(http.StatusForbidden, "X-Why: test"))
+		c := dialRawAddr(t, b.Addr())
+		req, _ := wsHandshake("/r")
+		c.Send(req + rawRequest("GET", "/next"))
+		res := c.Read()
+		requireStatus(t, res, http.StatusForbidden)
+		if res.Body != "refused" || res.Header.Get("X-Why") != "test" {
+			t.Fatalf("refusal %v %q", res.Header, res.Body)
+		}
+		res = c.Read()
+		requireStatus(t, res, http.StatusOK)
+		if res.Body != "backend GET /next" {
+			t.Fatalf("plain answer %q", res.Body)
+		}
+		if n := len(b.Requests()); n != 2 {
+			t.Fatalf("%d requests recorded, want 2", n)
+		}
+		snap := b.Snapshot()
+		if snap.Conns != 1 || snap.Requests != 2 || snap.Bytes == 0 {
+			t.Fatalf("snapshot %+v", snap)
+		}
+	})
+
+	t.Run("switch with chosen headers", func(t *testing.T) {
+		b := newRecordingBackend(t, answerSwitch(false, "Upgrade: h2c", "X-Key: {key}"))
+		c := dialRawAddr(t, b.Addr())
+		req, key := wsHandshake("/s")
+		res := c.Do(req)
+		requireStatus(t, res, http.StatusSwitchingProtocols)
+		if res.Header.Get("Upgrade") != "h2c" || res.Header.Get("X-Key") != key || res.Header.Get("Connection") != "" {
+			t.Fatalf("101 headers %v", res.Header)
+		}
+		c.Send("x")
+		if !pollUntil(harnessIO, func() bool { return string(b.LastRequest().TunnelBytes()) == "x" }) {
+			t.Fatalf("tunnel byte not recorded")
+		}
+	})
+
+	t.Run("websocket echo", func(t *testing.T) {
+		b := newRecordingBackend(t, answerEcho())
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+b.Addr()+"/e", nil)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer c.Close()
+		wsEcho(t, c, "echo")
+		c.Close()
+		if !b.LastRequest().WaitTunnelClosed(harnessIO) {
+			t.Fatalf("echo backend did not notice the close")
+		}
+		res := dialRawAddr(t, b.Addr()).Do(rawRequest("GET", "/plain"))
+		if res.StatusCode != 200 || res.Body != "backend GET /plain" {
+			t.Fatalf("plain answer %s %q", res.Status, res.Body)
+		}
+	})
+
+	t.Run("status and close", func(t *testing.T) {
+		b := newRecordingBackend(t, answerStatus(http.StatusTeapot, "short"))
+		c := dialRawAddr(t, b.Addr())
+		res := c.Do(rawRequest("GET", "/t", "Connection: close"))
+		if res.StatusCode != http.StatusTeapot || res.Body != "short" {
+			t.Fatalf("status answer %s %q", res.Status, res.Body)
+		}
+		if rest, closed := c.ReadUntilClosed(harnessIO); !closed || len(rest) != 0 {
+			t.Fatalf("after Connection: close: closed %v, extra bytes %q", closed, rest)
+		}
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/gorilla/websocket"
 )
 
@@ -53,7 +54,7 @@ func connectionTokens(h http.Header) []string {
 func TestIntegrationWebSocketEcho(t *testing.T) {
 	backend := newRecordingBackend(t, answerEcho())
 
-	roundTrips := func(t *testing.T) {
+	roundTrips := func(t *testing.T, tester *caddytest.Tester) {
 		for _, path := range []string{"/proxy/chat", "/policy/chat"} {
 			c := mustDialWebSocket(t, path)
 			wsEcho(t, c, "hello via "+path)
@@ -63,22 +64,20 @@ func TestIntegrationWebSocketEcho(t *testing.T) {
 				t.Errorf("backend's latest request is %s (switched %v), want the upgrade of %s", rec.RequestURI, rec.Switched, path)
 			}
 			checkForwardedUpgrade(t, rec, "websocket")
-			c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 			c.Close()
 		}
+		// Let the closed tunnels settle, so that their last bytes are not
+		// counted below.
+		time.Sleep(100 * time.Millisecond)
 		// Without an offer, the delegating route goes on to the next
 		// handler and never to its proxy.
 		snap := backend.Snapshot()
-		res := rawDo(t, rawRequest("GET", "/proxy/plain"))
-		requireStatus(t, res, 200)
-		if res.Body != "next handler" {
-			t.Errorf("plain request on the delegating route: body %q, want the next handler's %q", res.Body, "next handler")
-		}
+		tester.AssertGetResponse(caddyURL("/proxy/plain"), 200, "next handler")
 		backend.RequireUntouchedSince(snap, "plain request on the delegating route")
 	}
 
 	t.Run("caddyfile", func(t *testing.T) {
-		loadCaddyfile(t, site(fmt.Sprintf(`
+		tester := loadCaddyfile(t, site(fmt.Sprintf(`
 	handle /proxy/* {
 		upgrade websocket {
 			to %[1]s
@@ -89,11 +88,11 @@ func TestIntegrationWebSocketEcho(t *testing.T) {
 		upgrade websocket
 		reverse_proxy %[1]s
 	}`, backend.Addr())))
-		roundTrips(t)
+		roundTrips(t, tester)
 	})
 
 	t.Run("json", func(t *testing.T) {
-		loadCaddyJSON(t, harnessJSONConfig(fmt.Sprintf(`[
+		tester := loadCaddyJSON(t, harnessJSONConfig(fmt.Sprintf(`[
 	{"match": [{"path": ["/proxy/*"]}], "handle": [
 		{"handler": "upgrade", "protocols": ["websocket"],
 		 "proxy": {"handler": "reverse_proxy", "upstreams": [{"dial": %[1]q}]}},
@@ -104,7 +103,7 @@ func TestIntegrationWebSocketEcho(t *testing.T) {
 		{"handler": "reverse_proxy", "upstreams": [{"dial": %[1]q}]}
 	]}
 ]`, backend.Addr()), ""))
-		roundTrips(t)
+		roundTrips(t, tester)
 	})
 }
 
@@ -183,14 +182,14 @@ func TestIntegrationH2CStripped(t *testing.T) {
 	}
 
 	t.Run("ignore", func(t *testing.T) {
-		res := rawDo(t, rawRequest("GET", "/plain/h2c", h2c...))
+		res := rawDo(t, rawRequest("GET", "/plain/x2", h2c...))
 		if res.StatusCode == http.StatusSwitchingProtocols {
 			t.Fatalf("h2c upgrade was switched: %s %v", res.Status, res.Header)
 		}
 		requireStatus(t, res, 200)
 		rec := echo.LastRequest()
-		if rec.RequestURI != "/plain/h2c" || rec.Method != "GET" {
-			t.Fatalf("backend's latest request is %s %s, want GET /plain/h2c", rec.Method, rec.RequestURI)
+		if rec.RequestURI != "/plain/x2" || rec.Method != "GET" {
+			t.Fatalf("backend's latest request is %s %s, want GET /plain/x2", rec.Method, rec.RequestURI)
 		}
 		checkForwardedUpgrade(t, rec, "")
 		if v, ok := rec.Header["Http2-Settings"]; ok {
@@ -247,7 +246,7 @@ func TestIntegrationHTTP10NotUpgraded(t *testing.T) {
 
 // 5. Several protocols in one line or several lines: only the selected
 // one reaches the backend, and the client's order of preference wins.
-func TestIntegrationMultiValueOffers(t *testing.T) {
+func TestIntegrationMultiValueUpgrade(t *testing.T) {
 	echo := newRecordingBackend(t, answerEcho())
 	naive := newRecordingBackend(t, answerNaive())
 	loadPolicyRoutes(t, echo, naive)
@@ -354,7 +353,7 @@ func TestIntegrationBackendBad101(t *testing.T) {
 			requireStatus(t, res, http.StatusBadGateway)
 			for _, name := range []string{"Upgrade", "Sec-Websocket-Accept"} {
 				if v, ok := res.Header[name]; ok {
-					t.Errorf("502 carries the backend's %s %q", name, v)
+					t.Errorf("502 carries the backend's %s %q (all headers: %v)", name, v, res.Header)
 				}
 			}
 			for _, tok := range connectionTokens(res.Header) {
@@ -457,7 +456,7 @@ func TestIntegrationBackendRefuses(t *testing.T) {
 }
 
 // 8. Malformed offers get 400 and never reach the backend.
-func TestIntegrationMalformedOffers(t *testing.T) {
+func TestIntegrationMalformedUpgrade(t *testing.T) {
 	echo := newRecordingBackend(t, answerEcho())
 	naive := newRecordingBackend(t, answerNaive())
 	loadPolicyRoutes(t, echo, naive)
@@ -472,13 +471,26 @@ func TestIntegrationMalformedOffers(t *testing.T) {
 		"non-token element":                  {"Connection: Upgrade", "Upgrade: websocket, foo@1", key, version},
 		"non-token version":                  {"Connection: Upgrade", "Upgrade: websocket, foo/1/2", key, version},
 		"quoted element":                     {"Connection: Upgrade", `Upgrade: "websocket"`, key, version},
-		"17 protocols":                       {"Connection: Upgrade", "Upgrade: " + strings.Join(seventeen, ", ") + ", websocket", key, version},
-		"17 protocols over lines":            {"Connection: Upgrade", "Upgrade: " + strings.Join(seventeen[:9], ","), "Upgrade: " + strings.Join(seventeen[9:], ",") + ",websocket", key, version},
-		"over 512 bytes":                     {"Connection: Upgrade", "Upgrade: websocket, " + strings.Repeat("a", 500), key, version},
-		"over 512 bytes in lines":            {"Connection: Upgrade", "Upgrade: websocket, " + strings.Repeat("a", 240), "Upgrade: " + strings.Repeat("b", 270), key, version},
+		"17 protocols":                       {"Connection: Upgrade", "Upgrade: " + strings.Join(seventeen[:16], ", ") + ", websocket", key, version},
+		"17 protocols over lines":            {"Connection: Upgrade", "Upgrade: " + strings.Join(seventeen[:9], ","), "Upgrade: " + strings.Join(seventeen[9:16], ",") + ",websocket", key, version},
+		"513 bytes":                          {"Connection: Upgrade", "Upgrade: websocket, " + strings.Repeat("a", 502), key, version},
+		"513 bytes over lines":               {"Connection: Upgrade", "Upgrade: websocket, " + strings.Repeat("a", 240), "Upgrade: " + strings.Repeat("b", 262), key, version},
 		"Connection names Sec-WebSocket-Key": {"Connection: Upgrade, Sec-WebSocket-Key", "Upgrade: websocket", key, version},
 		"Connection names Origin":            {"Connection: Upgrade", "Connection: Origin", "Upgrade: websocket", key, version, "Origin: http://evil.example"},
 		"folded Upgrade line":                {"Connection: Upgrade", "Upgrade: h2c\r\n websocket", key, version},
+	}
+	// Controls: right at the limits, the same offers are accepted.
+	limits := map[string][]string{
+		"16 protocols":         {"Connection: Upgrade", "Upgrade: " + strings.Join(seventeen[:15], ", ") + ", websocket", key, version},
+		"512 bytes":            {"Connection: Upgrade", "Upgrade: websocket, " + strings.Repeat("a", 501), key, version},
+		"512 bytes over lines": {"Connection: Upgrade", "Upgrade: websocket, " + strings.Repeat("a", 240), "Upgrade: " + strings.Repeat("b", 261), key, version},
+	}
+	for name, lines := range limits {
+		t.Run("control "+name, func(t *testing.T) {
+			res := rawDo(t, rawRequest("GET", "/naive/limit", lines...))
+			requireStatus(t, res, http.StatusSwitchingProtocols)
+			checkForwardedUpgrade(t, naive.LastRequest(), "websocket")
+		})
 	}
 	for name, lines := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -673,6 +685,9 @@ func TestIntegrationTunnelTimeouts(t *testing.T) {
 		if elapsed < 300*time.Millisecond || elapsed > 4*time.Second {
 			t.Errorf("idle tunnel closed after %v, want about 500ms", elapsed)
 		}
+		if !backend.LastRequest().WaitTunnelClosed(3 * time.Second) {
+			t.Errorf("backend side of the idle tunnel still open 3s after the client side closed")
+		}
 	})
 
 	t.Run("chatty tunnel stays open", func(t *testing.T) {
@@ -705,6 +720,9 @@ func TestIntegrationTunnelTimeouts(t *testing.T) {
 		}
 		if elapsed < 700*time.Millisecond || elapsed > 4*time.Second {
 			t.Errorf("tunnel closed after %v (%v), want about 1s", elapsed, err)
+		}
+		if !backend.LastRequest().WaitTunnelClosed(3 * time.Second) {
+			t.Errorf("backend side of the tunnel still open 3s after max_duration closed the client side")
 		}
 	})
 }

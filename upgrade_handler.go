@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"time"
 
@@ -69,6 +70,9 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 		r.Body = countingBody{ReadCloser: r.Body, t: t}
 	}
 	g := &responseGuard{ResponseWriter: w, exp: exp, tunnel: t}
+	// A next handler may copy the backend's fields into w.Header() before
+	// its 101 is refused; the 502 must carry none of them.
+	headerBefore := w.Header().Clone()
 	var err error
 	if h.proxy != nil {
 		err = h.proxy.ServeHTTP(g, r, next)
@@ -88,6 +92,9 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	}
 	if exp.invalid != "" {
 		h.logger.Warn("backend answer refused", zap.String("protocol", exp.selected), zap.String("reason", exp.invalid))
+		hdr := w.Header()
+		clear(hdr)
+		maps.Copy(hdr, headerBefore)
 		return h.refuse(w, repl, label, refusal{outcome: outcomeBackendInvalid, status: http.StatusBadGateway, reason: exp.invalid, quiet: true})
 	}
 	exp.count()
