@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,11 +40,17 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// Fixed addresses of the in-process Caddy.
+// Addresses of the in-process Caddy. CADDY_UPGRADE_TEST_PORT_OFFSET shifts
+// them all, so that several checkouts can run the suite at once.
+var (
+	harnessPortOffset, _ = strconv.Atoi(os.Getenv("CADDY_UPGRADE_TEST_PORT_OFFSET"))
+	harnessAdminPort     = 2999 + harnessPortOffset // caddytest's default admin port
+	harnessAdmin         = fmt.Sprintf("localhost:%d", harnessAdminPort)
+	harnessHTTPPort      = 9080 + harnessPortOffset
+	harnessHTTPSPort     = 9443 + harnessPortOffset
+)
+
 const (
-	harnessAdmin     = "localhost:2999" // caddytest's fixed admin address
-	harnessHTTPPort  = 9080
-	harnessHTTPSPort = 9443
 	// harnessLogLevel keeps Caddy's log readable in -v runs; the module's
 	// warnings (backend mismatches) still show.
 	harnessLogLevel = "WARN"
@@ -130,7 +137,7 @@ func loadCaddyRaw(t *testing.T, config, configType string) *caddytest.Tester {
 	t.Helper()
 	requireCaddytestPrerequisites(t)
 	lockCaddytest(t)
-	tester := caddytest.NewTester(t)
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: harnessAdminPort})
 	failedBefore := t.Failed()
 	tester.InitServer(config, configType)
 	if t.Failed() && !failedBefore {
@@ -143,7 +150,7 @@ func loadCaddyRaw(t *testing.T, config, configType string) *caddytest.Tester {
 // share the admin address localhost:2999, so two running at once (say `go
 // test -run Offer .` by one person and the full suite by another) would load
 // configs into each other's Caddy.
-const harnessLockPath = "/tmp/caddy-upgrade-caddytest.lock"
+var harnessLockPath = fmt.Sprintf("/tmp/caddy-upgrade-caddytest-%d.lock", harnessAdminPort)
 
 var (
 	harnessLockOnce sync.Once
