@@ -69,3 +69,11 @@ validate: bin/caddy
 
 clean:
 	rm -rf bin test.log
+
+# Load benchmark: direct, bare Caddy, Caddy with the upgrade module (policy
+# and delegation), nginx and HAProxy, each pinned to CPU 0 with the load
+# generator and backend on CPU 1. Writes bench/results.md and
+# bench/results.png. Micro-benchmarks: go test -run '^$' -bench . -benchmem .
+.PHONY: bench
+bench:
+	bench/run.sh

@@ -56,6 +56,13 @@ func (p *websocketPolicy) validate(c *WebSocketConfig) error {
 // checkAccepted runs the checks that follow selection, in SPEC §3 order:
 // body, WebSocket method/key/duplicates, WebSocket version, Origin.
 func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy.Replacer) (refusal, bool) {
+	if o.extendedConnect && h.proxy != nil && !isWebSocket(v.entry) {
+		// Caddy's reverse proxy turns only a websocket extended CONNECT
+		// into an HTTP/1.1 upgrade; anything else would reach the backend
+		// as a plain CONNECT.
+		return refusal{outcome: outcomeUnsupported, status: http.StatusNotImplemented,
+			reason: "extended CONNECT :protocol " + quoteForLog(v.entry.name) + " cannot be delegated (only websocket)"}, true
+	}
 	if !o.extendedConnect && (r.ContentLength > 0 || len(r.TransferEncoding) > 0) {
 		return refusal{outcome: outcomeInvalid, status: http.StatusBadRequest,
 			reason: "an upgrade request must not carry a body"}, true
