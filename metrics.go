@@ -66,7 +66,7 @@ func (p *policy) protocolLabel(o offer) string {
 
 // countRequest records a request with an offer once, with its final outcome.
 func countRequest(label string, out outcome) {
-	upgradeMetrics.requests.WithLabelValues(label, string(out)).Inc()
+	upgradeMetrics.requests.WithLabelValues(label, out.String()).Inc()
 }
 
 // tunnelMetrics are one tunnel's resolved collectors, looked up once so the

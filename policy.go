@@ -5,21 +5,46 @@ import (
 	"strings"
 )
 
-// outcome is what the handler did with a request; it is the value of the
-// {http.upgrade.outcome} placeholder and the outcome metric label (SPEC §7).
-type outcome string
+// outcome is what the handler did with a request; its name is the value of
+// the {http.upgrade.outcome} placeholder and the outcome metric label
+// (SPEC §7).
+type outcome uint8
 
 const (
-	outcomeNone           outcome = "none"
-	outcomeAccepted       outcome = "accepted"
-	outcomeIgnored        outcome = "ignored"
-	outcomeRejected       outcome = "rejected"
-	outcomeRequired       outcome = "required"
-	outcomeInvalid        outcome = "invalid"
-	outcomeUnsupported    outcome = "unsupported"
-	outcomeLimited        outcome = "limited"
-	outcomeBackendInvalid outcome = "backend_invalid"
+	outcomeNone outcome = iota
+	outcomeAccepted
+	outcomeIgnored
+	outcomeRejected
+	outcomeRequired
+	outcomeInvalid
+	outcomeUnsupported
+	outcomeLimited
+	outcomeBackendInvalid
 )
+
+var outcomeNames = [...]string{
+	outcomeNone:           "none",
+	outcomeAccepted:       "accepted",
+	outcomeIgnored:        "ignored",
+	outcomeRejected:       "rejected",
+	outcomeRequired:       "required",
+	outcomeInvalid:        "invalid",
+	outcomeUnsupported:    "unsupported",
+	outcomeLimited:        "limited",
+	outcomeBackendInvalid: "backend_invalid",
+}
+
+// outcomeValues holds the names already boxed as interface values: setting
+// a placeholder from one then costs no allocation, which matters on the
+// path of every request without an offer.
+var outcomeValues = func() (v [len(outcomeNames)]any) {
+	for i, name := range outcomeNames {
+		v[i] = name
+	}
+	return v
+}()
+
+func (o outcome) String() string { return outcomeNames[o] }
 
 // policy is one route's Upgrade policy: the SPEC §3 table.
 type policy struct {

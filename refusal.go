@@ -52,7 +52,7 @@ const labelOther = "other"
 // handle_errors routes can render it, as Caddy's basic_auth does. A
 // non-empty label counts the request in the metrics.
 func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, label string, ref refusal) error {
-	repl.Set(placeholderOutcome, string(ref.outcome))
+	repl.Set(placeholderOutcome, outcomeValues[ref.outcome])
 	if label != "" {
 		countRequest(label, ref.outcome)
 	}
@@ -71,7 +71,7 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, label stri
 	if !ref.quiet {
 		h.logger.Info("upgrade refused",
 			zap.Int("status", ref.status),
-			zap.String("outcome", string(ref.outcome)),
+			zap.Stringer("outcome", ref.outcome),
 			zap.String("reason", msg))
 	}
 	return caddyhttp.Error(ref.status, errors.New(msg))
@@ -94,5 +94,5 @@ func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict) 
 	}
 	repl.Set(placeholderOffered, offered)
 	repl.Set(placeholderProtocol, selected)
-	repl.Set(placeholderOutcome, string(v.outcome))
+	repl.Set(placeholderOutcome, outcomeValues[v.outcome])
 }

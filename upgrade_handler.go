@@ -81,10 +81,10 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	}
 	if g.earlyBytes {
 		// The client has its raw 400 and its connection is closed.
-		repl.Set(placeholderOutcome, string(outcomeInvalid))
+		repl.Set(placeholderOutcome, outcomeValues[outcomeInvalid])
 		countRequest(label, outcomeInvalid)
 		h.logger.Info("upgrade refused", zap.Int("status", http.StatusBadRequest),
-			zap.String("outcome", string(outcomeInvalid)), zap.String("reason", errEarlyBytes.Error()))
+			zap.Stringer("outcome", outcomeInvalid), zap.String("reason", errEarlyBytes.Error()))
 		return nil
 	}
 	if exp.invalid == "" && err == nil && !g.wroteHeader {
