@@ -61,8 +61,11 @@ func (p *policy) protocolLabel(o offer) string {
 			}
 		}
 	}
-	return "other"
+	return labelOther
 }
+
+// labelOther is the metric label of an offer naming no configured protocol.
+const labelOther = "other"
 
 // countRequest records a request with an offer once, with its final outcome.
 func countRequest(label string, out outcome) {

@@ -45,19 +45,11 @@ func (h *Handler) policyRefusal(v verdict) refusal {
 	return ref
 }
 
-// labelOther is the metric label of an offer naming no configured protocol.
-const labelOther = "other"
-
 // refuse answers with a caddyhttp.Error carrying its headers, so that
-// handle_errors routes can render it, as Caddy's basic_auth does. A
-// non-empty label counts the request in the metrics.
+// handle_errors routes can render it, as Caddy's basic_auth does.
 func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, label string, ref refusal) error {
-	repl.Set(placeholderOutcome, outcomeValues[ref.outcome])
-	if label != "" {
-		countRequest(label, ref.outcome)
-	}
+	h.record(repl, label, ref)
 	hdr := w.Header()
-	msg := ref.reason
 	if ref.status == http.StatusUpgradeRequired {
 		hdr.Set("Upgrade", ref.required)
 		hdr.Set("Connection", "Upgrade")
@@ -68,13 +60,22 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, label stri
 	if ref.status == http.StatusServiceUnavailable {
 		hdr.Set("Retry-After", "1")
 	}
+	return caddyhttp.Error(ref.status, errors.New(ref.reason))
+}
+
+// record publishes a refusal: the outcome placeholder, the metric (when
+// label is not "": requests without an offer are not counted) and the log.
+func (h *Handler) record(repl *caddy.Replacer, label string, ref refusal) {
+	repl.Set(placeholderOutcome, outcomeValues[ref.outcome])
+	if label != "" {
+		countRequest(label, ref.outcome)
+	}
 	if !ref.quiet {
 		h.logger.Info("upgrade refused",
 			zap.Int("status", ref.status),
 			zap.Stringer("outcome", ref.outcome),
-			zap.String("reason", msg))
+			zap.String("reason", ref.reason))
 	}
-	return caddyhttp.Error(ref.status, errors.New(msg))
 }
 
 // setPlaceholders publishes the offer and the verdict; outcome is updated

@@ -81,14 +81,15 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	}
 	if g.earlyBytes {
 		// The client has its raw 400 and its connection is closed.
-		repl.Set(placeholderOutcome, outcomeValues[outcomeInvalid])
-		countRequest(label, outcomeInvalid)
-		h.logger.Info("upgrade refused", zap.Int("status", http.StatusBadRequest),
-			zap.Stringer("outcome", outcomeInvalid), zap.String("reason", errEarlyBytes.Error()))
+		h.record(repl, label, refusal{outcome: outcomeInvalid, status: http.StatusBadRequest, reason: errEarlyBytes.Error()})
 		return nil
 	}
-	if exp.invalid == "" && err == nil && !g.wroteHeader {
+	switch {
+	case exp.invalid != "" || err != nil:
+	case !g.wroteHeader:
 		exp.invalid = "the handler after upgrade wrote no response"
+	case g.pending101:
+		exp.invalid = "the handler after upgrade wrote a 101 but never took the connection"
 	}
 	if exp.invalid != "" {
 		h.logger.Warn("backend answer refused", zap.String("protocol", exp.selected), zap.String("reason", exp.invalid))
