@@ -79,15 +79,12 @@ func (h *Handler) record(repl *caddy.Replacer, label string, ref refusal) {
 }
 
 // setPlaceholders publishes the offer and the verdict; outcome is updated
-// again if the answer later fails (backend_invalid).
-func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict) {
+// again if the answer later fails (backend_invalid). A malformed offer
+// (present false) is still published as received, for the access log.
+func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict, malformed bool) {
 	offered := ""
-	if o.present() {
-		if o.extendedConnect {
-			offered = o.protocols[0].name
-		} else {
-			offered = strings.Join(r.Header["Upgrade"], ", ")
-		}
+	if o.present() || malformed {
+		offered = offeredAsReceived(r)
 	}
 	selected := ""
 	if v.outcome == outcomeAccepted {
@@ -96,4 +93,16 @@ func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict) 
 	repl.Set(placeholderOffered, offered)
 	repl.Set(placeholderProtocol, selected)
 	repl.Set(placeholderOutcome, outcomeValues[v.outcome])
+}
+
+// offeredAsReceived is the raw offer: the Upgrade lines joined, or the
+// extended CONNECT :protocol.
+func offeredAsReceived(r *http.Request) string {
+	switch r.ProtoMajor {
+	case 1:
+		return strings.Join(r.Header["Upgrade"], ", ")
+	case 2:
+		return strings.Join(r.Header[":protocol"], ", ")
+	}
+	return r.Proto
 }

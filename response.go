@@ -195,7 +195,8 @@ func (g *responseGuard) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if g.exp.websocket && brw.Reader.Buffered() > 0 {
+	early := brw.Reader.Buffered()
+	if g.exp.websocket && early > 0 {
 		g.earlyBytes = true
 		refuseEarlyBytes(conn, brw)
 		return nil, nil, errEarlyBytes
@@ -209,6 +210,9 @@ func (g *responseGuard) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	g.switched = true
 	g.tunnel.start()
 	g.exp.count()
+	// Caddy's reverse proxy sends the bytes already buffered straight to
+	// the backend, past the wrapped connection: count them here.
+	g.tunnel.carried(early, true)
 	return g.tunnel.hijacked(conn), brw, nil
 }
 

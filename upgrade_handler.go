@@ -18,11 +18,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	o, err := parseOffer(r)
 	if err != nil {
-		setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeInvalid})
+		setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeInvalid}, true)
 		return h.refuse(w, repl, labelOther, refusal{outcome: outcomeInvalid, status: http.StatusBadRequest, reason: err.Error()})
 	}
 	v := h.policy.decide(o, r.ProtoMajor)
-	setPlaceholders(repl, r, o, v)
+	setPlaceholders(repl, r, o, v, false)
 	label := "" // the metric label; "" for requests without an offer, which are not counted
 	if o.present() {
 		label = h.policy.protocolLabel(o)
