@@ -1,0 +1,404 @@
+// Command wsbench is the load harness behind `make bench`: it starts the
+// WebSocket echo backend, then each target in turn (the backend direct,
+// Caddy with bare reverse_proxy, Caddy with the upgrade module in
+// policy-only mode and delegating, nginx, HAProxy), measures it, and writes
+// a table of medians (bench/results.md) and a bar chart (bench/results.png).
+//
+// The proxy under test is pinned to one core (taskset -c <proxy-cpu>); run
+// wsbench itself, the load generator, pinned to the other core with the
+// backend (bench/run.sh does: taskset -c 1 wsbench ...).
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+)
+
+type config struct {
+	caddy, echo, nginx, haproxy string
+	configs, out, work          string
+	proxyCPU, loadCPU           string
+	reps                        int
+	dur, warm, settle           time.Duration
+	targets                     []string
+	tunnelSteps                 []int
+	latencyRate                 float64
+}
+
+type target struct {
+	key   string // short name used on the command line
+	label string // column heading
+	port  int
+	kind  string // direct, caddy, nginx, haproxy
+	conf  string // config template in -configs
+	// module marks targets that run the upgrade module in front of the
+	// WebSocket path: a version-12 handshake must get its 426.
+	module bool
+}
+
+const backendPort = 18900
+
+var allTargets = []target{
+	{key: "direct", label: "direct", port: backendPort, kind: "direct"},
+	{key: "bare", label: "caddy bare", port: 18901, kind: "caddy", conf: "Caddyfile.bare"},
+	{key: "policy", label: "caddy+upgrade", port: 18902, kind: "caddy", conf: "Caddyfile.policy", module: true},
+	{key: "delegate", label: "caddy+upgrade to", port: 18903, kind: "caddy", conf: "Caddyfile.delegate", module: true},
+	{key: "nginx", label: "nginx", port: 18904, kind: "nginx", conf: "nginx.conf"},
+	{key: "haproxy", label: "haproxy", port: 18905, kind: "haproxy", conf: "haproxy.cfg"},
+}
+
+func main() {
+	var cfg config
+	var targets, steps string
+	flag.StringVar(&cfg.caddy, "caddy", "bin/caddy", "Caddy binary with the upgrade module")
+	flag.StringVar(&cfg.echo, "echo", "bin/echo", "WebSocket echo backend binary")
+	flag.StringVar(&cfg.nginx, "nginx", "/usr/sbin/nginx", "nginx binary")
+	flag.StringVar(&cfg.haproxy, "haproxy", "/usr/sbin/haproxy", "HAProxy binary")
+	flag.StringVar(&cfg.configs, "configs", "bench/configs", "directory of config templates")
+	flag.StringVar(&cfg.out, "out", "bench", "directory for results.md and results.png")
+	flag.StringVar(&cfg.proxyCPU, "proxy-cpu", "0", "CPU list the proxy is pinned to")
+	flag.StringVar(&cfg.loadCPU, "load-cpu", "1", "CPU list the backend is pinned to (run wsbench there too)")
+	flag.IntVar(&cfg.reps, "reps", 3, "repetitions of every measurement (medians are reported)")
+	flag.DurationVar(&cfg.dur, "dur", 3*time.Second, "duration of each measurement")
+	flag.DurationVar(&cfg.warm, "warm", 500*time.Millisecond, "warm-up before throughput and latency measurements")
+	flag.DurationVar(&cfg.settle, "settle", 700*time.Millisecond, "wait before reading RSS after opening tunnels")
+	flag.StringVar(&targets, "targets", "direct,bare,policy,delegate,nginx,haproxy", "targets to run, in order")
+	flag.StringVar(&steps, "tunnels", "2000,9000", "idle tunnel counts at which RSS is read")
+	flag.Float64Var(&cfg.latencyRate, "rate", 2000, "latency test: messages per second over all 64 connections")
+	flag.StringVar(&pidFile, "pidfile", "", "file listing the process groups of running children")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+
+	cfg.targets = strings.Split(targets, ",")
+	for _, s := range strings.Split(steps, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 {
+			log.Fatalf("-tunnels: %q is not a positive count", s)
+		}
+		cfg.tunnelSteps = append(cfg.tunnelSteps, n)
+	}
+	var err error
+	if cfg.work, err = os.MkdirTemp("", "wsbench-"); err != nil {
+		log.Fatal(err)
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sig
+		log.Printf("%v: killing children", s)
+		killAll()
+		os.Exit(130)
+	}()
+
+	code := 0
+	if err := run(&cfg); err != nil {
+		log.Printf("FAILED: %v (logs in %s)", err, cfg.work)
+		code = 1
+	}
+	killAll()
+	if code == 0 {
+		os.RemoveAll(cfg.work)
+	}
+	os.Exit(code)
+}
+
+func run(cfg *config) error {
+	var chosen []target
+	for _, k := range cfg.targets {
+		found := false
+		for _, t := range allTargets {
+			if t.key == k {
+				chosen = append(chosen, t)
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("unknown target %q", k)
+		}
+	}
+	load0 := loadAvg()
+	started := time.Now()
+	log.Printf("wsbench: GOMAXPROCS=%d, %d reps x %v per measurement, work dir %s, load average %s",
+		runtime.GOMAXPROCS(0), cfg.reps, cfg.dur, cfg.work, load0)
+
+	backendAddr := fmt.Sprintf("127.0.0.1:%d", backendPort)
+	if err := portFree(backendAddr); err != nil {
+		return err
+	}
+	backend, err := startProc("echo", cfg.loadCPU, filepath.Join(cfg.work, "echo.log"), nil, cfg.echo, "-listen", backendAddr)
+	if err != nil {
+		return err
+	}
+	if err := waitListening(backend, backendAddr, 10*time.Second); err != nil {
+		return err
+	}
+
+	res := newResults(cfg)
+	for rep := 1; rep <= cfg.reps; rep++ {
+		// Each repetition starts one target further along the list, so that
+		// no target always runs first (or right after the same neighbour).
+		order := make([]target, len(chosen))
+		for i := range chosen {
+			order[i] = chosen[(i+rep-1)%len(chosen)]
+		}
+		if err := measureRSS(cfg, order, rep, res); err != nil {
+			return err
+		}
+		if err := measurePerf(cfg, order, rep, res); err != nil {
+			return err
+		}
+	}
+	report := res.report(chosen, cfg, load0, loadAvg(), time.Since(started))
+	fmt.Print("\n" + report)
+	if err := os.WriteFile(filepath.Join(cfg.out, "results.md"), []byte(report), 0o644); err != nil {
+		return err
+	}
+	if err := res.chart(chosen, filepath.Join(cfg.out, "results.png")); err != nil {
+		return fmt.Errorf("chart: %v", err)
+	}
+	log.Printf("wrote %s and %s in %v", filepath.Join(cfg.out, "results.md"), filepath.Join(cfg.out, "results.png"),
+		time.Since(started).Round(time.Second))
+	return nil
+}
+
+// measureRSS runs the idle-tunnel test on each proxy in turn, each freshly
+// started so that no earlier load has grown its heap.
+func measureRSS(cfg *config, order []target, rep int, res *results) error {
+	for _, t := range order {
+		if t.kind == "direct" {
+			continue
+		}
+		t0 := time.Now()
+		p, err := startTarget(cfg, t, rep, "rss")
+		if err != nil {
+			return err
+		}
+		wsURL, getURL := urls(t)
+		if err := warmUp(wsURL, getURL); err != nil {
+			p.stop()
+			return fmt.Errorf("%s: %v", t.label, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		per, err := idleRSS(wsURL, func() (int64, error) { return groupRSSKiB(p.pid()) }, cfg.tunnelSteps, cfg.settle)
+		p.stop()
+		if err != nil {
+			return fmt.Errorf("%s (rep %d): idle tunnels: %v", t.label, rep, err)
+		}
+		var line []string
+		for i, n := range cfg.tunnelSteps {
+			if i < 2 {
+				res.add(t.key, rssMetric(i), per[i])
+			}
+			line = append(line, fmt.Sprintf("@%d %.1f KiB", n, per[i]))
+		}
+		log.Printf("rep %d %-17s RSS per idle tunnel %s (%v)", rep, t.label, strings.Join(line, ", "),
+			time.Since(t0).Round(100*time.Millisecond))
+	}
+	return nil
+}
+
+// measurePerf starts every target at once (an idle proxy costs nothing)
+// and runs each measurement on all of them back to back, so that the
+// targets compared are measured seconds apart, under the same conditions
+// on a shared machine.
+func measurePerf(cfg *config, order []target, rep int, res *results) error {
+	var running []*proc
+	defer func() {
+		for _, p := range running {
+			p.stop()
+		}
+	}()
+	for _, t := range order {
+		p, err := startTarget(cfg, t, rep, "perf")
+		if err != nil {
+			return err
+		}
+		if p != nil {
+			running = append(running, p)
+		}
+		if t.module {
+			addr := fmt.Sprintf("127.0.0.1:%d", t.port)
+			st, err := statusOf(addr, "GET /ws HTTP/1.1\r\nHost: "+addr+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n")
+			if err != nil || st != 426 {
+				return fmt.Errorf("%s: the upgrade module is not in the path: version-12 handshake got %d, %v (want 426)", t.label, st, err)
+			}
+		}
+		wsURL, getURL := urls(t)
+		if err := warmUp(wsURL, getURL); err != nil {
+			return fmt.Errorf("%s: %v", t.label, err)
+		}
+	}
+	type step struct {
+		name    string
+		metrics []metricKey
+		run     func(t target) (string, error)
+	}
+	steps := []step{
+		{"handshakes", []metricKey{mHandshakes}, func(t target) (string, error) {
+			wsURL, _ := urls(t)
+			hs, err := handshakes(wsURL, 32, cfg.dur)
+			res.add(t.key, mHandshakes, hs)
+			return fmt.Sprintf("%.0f/s", hs), err
+		}},
+		{"tunnel MB/s", []metricKey{mMBps}, func(t target) (string, error) {
+			wsURL, _ := urls(t)
+			mbps, err := throughput(wsURL, 8, 64<<10, cfg.warm, cfg.dur)
+			res.add(t.key, mMBps, mbps)
+			return fmt.Sprintf("%.0f MB/s", mbps), err
+		}},
+		{"latency", []metricKey{mP50, mP99}, func(t target) (string, error) {
+			wsURL, _ := urls(t)
+			p50, p99, err := latency(wsURL, 64, cfg.latencyRate, cfg.warm, cfg.dur)
+			res.add(t.key, mP50, float64(p50.Microseconds()))
+			res.add(t.key, mP99, float64(p99.Microseconds()))
+			return fmt.Sprintf("p50 %v p99 %v", p50.Round(time.Microsecond), p99.Round(time.Microsecond)), err
+		}},
+		{"GETs", []metricKey{mGets}, func(t target) (string, error) {
+			_, getURL := urls(t)
+			rps, err := gets(getURL, 32, cfg.dur)
+			res.add(t.key, mGets, rps)
+			return fmt.Sprintf("%.0f/s", rps), err
+		}},
+	}
+	for _, st := range steps {
+		var line []string
+		for _, t := range order {
+			before := takeCPUSample()
+			out, err := st.run(t)
+			if err != nil {
+				return fmt.Errorf("%s (rep %d): %s: %v", t.label, rep, st.name, err)
+			}
+			other, steal := foreignCPU(before, takeCPUSample(), onlineCPUs())
+			for _, k := range st.metrics {
+				res.addForeign(t.key, k, other+steal)
+			}
+			line = append(line, fmt.Sprintf("%s %s [other %.0f%%]", t.key, out, other+steal))
+		}
+		for _, p := range running {
+			if p.exited() {
+				return fmt.Errorf("%s exited during the run", p.name)
+			}
+		}
+		log.Printf("rep %d %-11s %s", rep, st.name, strings.Join(line, ", "))
+	}
+	return nil
+}
+
+func urls(t target) (wsURL, getURL string) {
+	addr := fmt.Sprintf("127.0.0.1:%d", t.port)
+	return "ws://" + addr + "/ws", "http://" + addr + "/"
+}
+
+// warmUp opens a few WebSockets and sends a few GETs, so that the first
+// measurement does not pay for lazy initialisation.
+func warmUp(wsURL, getURL string) error {
+	if _, err := handshakes(wsURL, 4, 150*time.Millisecond); err != nil {
+		return fmt.Errorf("warm-up handshakes: %v", err)
+	}
+	if _, err := gets(getURL, 4, 150*time.Millisecond); err != nil {
+		return fmt.Errorf("warm-up GETs: %v", err)
+	}
+	return nil
+}
+
+// startTarget renders the target's config and starts it pinned to the
+// proxy CPU; it returns nil for the direct target.
+func startTarget(cfg *config, t target, rep int, phase string) (*proc, error) {
+	if t.kind == "direct" {
+		return nil, nil
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", t.port)
+	if err := portFree(addr); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(cfg.work, fmt.Sprintf("%s-%d-%s", t.key, rep, phase))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	maxConn := 9600
+	if n := cfg.tunnelSteps[len(cfg.tunnelSteps)-1] + 200; n > maxConn {
+		maxConn = n
+	}
+	vars := map[string]any{
+		"Port":              t.port,
+		"Backend":           fmt.Sprintf("127.0.0.1:%d", backendPort),
+		"Dir":               dir,
+		"MaxConn":           maxConn,
+		"NoFile":            noFileLimit(),
+		"WorkerConnections": noFileLimit() - 100,
+	}
+	tmpl, err := template.ParseFiles(filepath.Join(cfg.configs, t.conf))
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, vars); err != nil {
+		return nil, err
+	}
+	confPath := filepath.Join(dir, t.conf)
+	if err := os.WriteFile(confPath, buf.Bytes(), 0o644); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "output.log")
+	var p *proc
+	switch t.kind {
+	case "caddy":
+		env := []string{"HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "XDG_DATA_HOME=" + dir}
+		p, err = startProc(t.key, cfg.proxyCPU, logPath, env, cfg.caddy, "run", "--adapter", "caddyfile", "--config", confPath)
+	case "nginx":
+		p, err = startProc(t.key, cfg.proxyCPU, logPath, nil, cfg.nginx, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "nginx-error.log"))
+	case "haproxy":
+		p, err = startProc(t.key, cfg.proxyCPU, logPath, nil, cfg.haproxy, "-db", "-f", confPath)
+	default:
+		return nil, fmt.Errorf("unknown kind %q", t.kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := waitListening(p, addr, 15*time.Second); err != nil {
+		out, _ := os.ReadFile(logPath)
+		p.stop()
+		return nil, fmt.Errorf("%v\n%s", err, tail(out, 2000))
+	}
+	return p, nil
+}
+
+func noFileLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 20000
+	}
+	return int(rl.Max)
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}

@@ -1,0 +1,366 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+type metricKey string
+
+const (
+	mHandshakes metricKey = "hs"
+	mMBps       metricKey = "mbps"
+	mP50        metricKey = "p50"
+	mP99        metricKey = "p99"
+	mRSS1       metricKey = "rss1"
+	mRSS2       metricKey = "rss2"
+	mGets       metricKey = "gets"
+)
+
+func rssMetric(i int) metricKey { return []metricKey{mRSS1, mRSS2}[i] }
+
+type metric struct {
+	key         metricKey
+	label       string
+	short       string // chart label
+	lowerBetter bool
+	// the module's target against bare Caddy (SPEC-free acceptance bar):
+	// ratio must be >= min (higher is better) or <= max (lower is better).
+	bound float64
+}
+
+func metricsFor(cfg *config) []metric {
+	ms := []metric{
+		{mHandshakes, "handshakes/s (open, echo 16 B, close; 32 conc.)", "handshakes/s", false, 0.97},
+		{mMBps, "tunnel MB/s (8 conns, 64 KiB msgs, echoed)", "MB/s", false, 0.97},
+		{mP50, fmt.Sprintf("latency p50 µs (64 B, 64 conns, %.0f msg/s)", cfg.latencyRate), "p50", true, 0},
+		{mP99, fmt.Sprintf("latency p99 µs (64 B, 64 conns, %.0f msg/s)", cfg.latencyRate), "p99", true, 1.05},
+	}
+	for i, n := range cfg.tunnelSteps {
+		if i < 2 {
+			ms = append(ms, metric{rssMetric(i), fmt.Sprintf("proxy RSS KiB per idle tunnel @%d", n),
+				fmt.Sprintf("RSS/tunnel @%d", n), true, 1.03})
+		}
+	}
+	ms = append(ms, metric{mGets, "plain GET req/s (keep-alive, 32 conc.)", "GET/s", false, 0.98})
+	return ms
+}
+
+type results struct {
+	samples map[string]map[metricKey][]float64
+	// foreign is, for each sample, the share of the machine's CPUs that
+	// other processes used (or the hypervisor stole) while it was taken.
+	foreign map[string]map[metricKey][]float64
+	cfg     *config
+}
+
+func newResults(cfg *config) *results {
+	return &results{samples: map[string]map[metricKey][]float64{}, foreign: map[string]map[metricKey][]float64{}, cfg: cfg}
+}
+
+func (r *results) add(target string, m metricKey, v float64) {
+	if r.samples[target] == nil {
+		r.samples[target] = map[metricKey][]float64{}
+	}
+	r.samples[target][m] = append(r.samples[target][m], v)
+}
+
+func (r *results) addForeign(target string, m metricKey, pct float64) {
+	if r.foreign[target] == nil {
+		r.foreign[target] = map[metricKey][]float64{}
+	}
+	r.foreign[target][m] = append(r.foreign[target][m], pct)
+}
+
+// pairedRatio is the median over repetitions of a's sample divided by b's
+// sample of the same repetition (taken seconds apart), which cancels slow
+// drifts of a shared machine better than a ratio of medians.
+func (r *results) pairedRatio(a, b string, m metricKey) float64 {
+	sa, sb := r.samples[a][m], r.samples[b][m]
+	var rs []float64
+	for i := range min(len(sa), len(sb)) {
+		if x := ratio(sa[i], sb[i]); !math.IsNaN(x) {
+			rs = append(rs, x)
+		}
+	}
+	if len(rs) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(rs)
+	if len(rs)%2 == 1 {
+		return rs[len(rs)/2]
+	}
+	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
+}
+
+// medianForeign is the median share of the CPUs other processes took
+// over all samples.
+func (r *results) medianForeign() float64 {
+	var all []float64
+	for _, byMetric := range r.foreign {
+		for _, f := range byMetric {
+			all = append(all, f...)
+		}
+	}
+	if len(all) == 0 {
+		return 0
+	}
+	slices.Sort(all)
+	return all[len(all)/2]
+}
+
+// median returns the median sample, NaN if there is none.
+func (r *results) median(target string, m metricKey) float64 {
+	s := slices.Clone(r.samples[target][m])
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func fmtNum(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "—"
+	case math.Abs(v) >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case math.Abs(v) >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+func ratio(a, b float64) float64 {
+	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
+		return math.NaN()
+	}
+	return a / b
+}
+
+func fmtRatio(v float64) string {
+	if math.IsNaN(v) {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", v)
+}
+
+// report renders the markdown table of medians with ratios to bare Caddy
+// and to direct, the acceptance check of the module against bare Caddy,
+// and the raw samples.
+func (r *results) report(ts []target, cfg *config, load0, load1 string, took time.Duration) string {
+	ms := metricsFor(cfg)
+	has := func(k string) bool {
+		for _, t := range ts {
+			if t.key == k {
+				return true
+			}
+		}
+		return false
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# WebSocket proxy benchmark\n\n")
+	fmt.Fprintf(&b, "%s · %s/%s · %d CPUs · proxy pinned to CPU %s, load generator and echo backend on CPU %s · "+
+		"medians of %d runs of %v each · load average %s at start, %s at end · %v in all\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.GOOS, runtime.GOARCH, onlineCPUs(),
+		cfg.proxyCPU, cfg.loadCPU, cfg.reps, cfg.dur, load0, load1, took.Round(time.Second))
+	if f := r.medianForeign(); f > 10 {
+		fmt.Fprintf(&b, "**Warning: other processes used a median %.0f%% of the machine's CPUs during the measurements** "+
+			"(per sample in brackets under Raw samples). Throughput and latency differences of a few percent are noise "+
+			"here; only the RSS rows are reliable. Rerun on an idle machine, or with `BENCH_NICE=-10 make bench` "+
+			"to take priority over the other work.\n\n", f)
+	}
+	fmt.Fprintf(&b, "Each cell: median (ratio to caddy bare / ratio to direct). Lower is better for latency and RSS.\n\n")
+
+	b.WriteString("| metric |")
+	for _, t := range ts {
+		fmt.Fprintf(&b, " %s |", t.label)
+	}
+	b.WriteString("\n|---|")
+	for range ts {
+		b.WriteString("---:|")
+	}
+	b.WriteString("\n")
+	for _, m := range ms {
+		fmt.Fprintf(&b, "| %s |", m.label)
+		for _, t := range ts {
+			v := r.median(t.key, m.key)
+			cell := fmtNum(v)
+			if !math.IsNaN(v) {
+				var rs []string
+				if has("bare") {
+					rs = append(rs, fmtRatio(ratio(v, r.median("bare", m.key))))
+				}
+				if has("direct") {
+					rs = append(rs, fmtRatio(ratio(v, r.median("direct", m.key))))
+				}
+				if len(rs) > 0 {
+					cell += " (" + strings.Join(rs, " / ") + ")"
+				}
+			}
+			fmt.Fprintf(&b, " %s |", cell)
+		}
+		b.WriteString("\n")
+	}
+
+	if has("bare") {
+		b.WriteString("\n## Module against bare Caddy\n\nMedian over repetitions of the ratio of samples taken in the same repetition, seconds apart.\n\n| metric | bound |")
+		var mods []target
+		for _, t := range ts {
+			if t.module {
+				mods = append(mods, t)
+				fmt.Fprintf(&b, " %s |", t.label)
+			}
+		}
+		b.WriteString("\n|---|---|")
+		for range mods {
+			b.WriteString("---|")
+		}
+		b.WriteString("\n")
+		for _, m := range ms {
+			if m.bound == 0 {
+				continue
+			}
+			op := "≥"
+			if m.lowerBetter {
+				op = "≤"
+			}
+			fmt.Fprintf(&b, "| %s | %s %.2f× |", m.short, op, m.bound)
+			for _, t := range mods {
+				x := r.pairedRatio(t.key, "bare", m.key)
+				ok := (!m.lowerBetter && x >= m.bound) || (m.lowerBetter && x <= m.bound)
+				verdict := "ok"
+				if math.IsNaN(x) {
+					verdict = "n/a"
+				} else if !ok {
+					verdict = "**MISSED**"
+				}
+				fmt.Fprintf(&b, " %s %s |", fmtRatio(x), verdict)
+			}
+			b.WriteString("\n")
+		}
+	}
+
+	b.WriteString("\n## Raw samples\n\nIn brackets: the share of the machine's CPUs other processes used (or the hypervisor stole) during that sample; above a few percent the sample is disturbed.\n\n| metric | target | runs |\n|---|---|---|\n")
+	for _, m := range ms {
+		for _, t := range ts {
+			s := r.samples[t.key][m.key]
+			if len(s) == 0 {
+				continue
+			}
+			parts := make([]string, len(s))
+			f := r.foreign[t.key][m.key]
+			for i, v := range s {
+				parts[i] = fmtNum(v)
+				if i < len(f) {
+					parts[i] += fmt.Sprintf(" [%.0f%%]", f[i])
+				}
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", m.short, t.label, strings.Join(parts, ", "))
+		}
+	}
+	if len(warnings) > 0 {
+		b.WriteString("\n## Warnings\n\n")
+		for _, w := range warnings {
+			fmt.Fprintf(&b, "- %s\n", w)
+		}
+	}
+	b.WriteString("\nConfigs: bench/configs/. Reproduce with `make bench`.\n")
+	return b.String()
+}
+
+var palette = []color.Color{
+	color.RGBA{0x59, 0x59, 0x59, 0xff}, // direct
+	color.RGBA{0x1f, 0x77, 0xb4, 0xff}, // bare
+	color.RGBA{0x2c, 0xa0, 0x2c, 0xff}, // policy
+	color.RGBA{0x17, 0xbe, 0xcf, 0xff}, // delegate
+	color.RGBA{0xff, 0x7f, 0x0e, 0xff}, // nginx
+	color.RGBA{0xd6, 0x27, 0x28, 0xff}, // haproxy
+}
+
+// chart draws, per metric, one bar per target: its median divided by bare
+// Caddy's (1.0 = bare Caddy).
+func (r *results) chart(ts []target, path string) error {
+	ms := metricsFor(r.cfg)
+	ref := "bare"
+	if _, ok := r.samples[ref]; !ok {
+		ref = ts[0].key
+	}
+	p := plot.New()
+	p.Title.Text = "Ratio to bare Caddy (medians; latency and RSS: lower is better)"
+	p.Y.Label.Text = "× caddy bare"
+	names := make([]string, len(ms))
+	for i, m := range ms {
+		names[i] = m.short
+	}
+	w := vg.Points(60 / float64(len(ts)))
+	top := 1.0
+	for i, t := range ts {
+		vals := make(plotter.Values, len(ms))
+		for j, m := range ms {
+			v := ratio(r.median(t.key, m.key), r.median(ref, m.key))
+			if math.IsNaN(v) {
+				v = 0
+			}
+			vals[j] = v
+			top = max(top, v)
+		}
+		bars, err := plotter.NewBarChart(vals, w)
+		if err != nil {
+			return err
+		}
+		bars.LineStyle.Width = 0
+		bars.Color = palette[i%len(palette)]
+		bars.Offset = w * vg.Length(float64(i)-float64(len(ts)-1)/2)
+		p.Add(bars)
+		p.Legend.Add(t.label, bars)
+	}
+	one := plotter.NewFunction(func(float64) float64 { return 1 })
+	one.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	one.Color = color.Gray{0x40}
+	p.Add(one)
+	p.Legend.Top = true
+	p.NominalX(names...)
+	p.Y.Min = 0
+	p.Y.Max = top * 1.35 // room for the legend above the bars
+	return p.Save(10*vg.Inch, 5*vg.Inch, path)
+}
+
+// onlineCPUs counts the machine's CPUs (runtime.NumCPU only sees the ones
+// this process is pinned to).
+func onlineCPUs() int {
+	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	if err != nil {
+		return runtime.NumCPU()
+	}
+	n := 0
+	for part := range strings.SplitSeq(strings.TrimSpace(string(b)), ",") {
+		lo, hi, found := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		c := a
+		var err2 error
+		if found {
+			c, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil {
+			return runtime.NumCPU()
+		}
+		n += c - a + 1
+	}
+	return n
+}

@@ -1,0 +1,269 @@
+package upgrade
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Micro-benchmarks of the handler's hot paths. Run them with
+//
+//	go test -run '^$' -bench . -benchmem .
+//
+// and, to see what allocates,
+//
+//	go test -run '^$' -bench ServeHTTPNoOffer -memprofile mem.out .
+//	go tool pprof -sample_index=alloc_objects -list 'Handler..ServeHTTP' upgrade.test mem.out
+
+// benchHandler provisions and validates h the way Caddy would, with a
+// logger that drops everything (logging cost depends on the operator's
+// config, not on this handler).
+func benchHandler(b *testing.B, h *Handler) *Handler {
+	b.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		b.Fatalf("Provision: %v", err)
+	}
+	if err := h.Validate(); err != nil {
+		b.Fatalf("Validate: %v", err)
+	}
+	h.logger = zap.NewNop()
+	return h
+}
+
+// benchRequest is a request as Caddy's server hands it to a handler: with a
+// *caddy.Replacer in its context.
+func benchRequest(method, target string, header http.Header) (*http.Request, *caddy.Replacer) {
+	r := httptest.NewRequest(method, target, nil)
+	r.Header = header
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	return r.WithContext(ctx), repl
+}
+
+var noopNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// BenchmarkServeHTTPNoOffer is the common case: a plain GET without any
+// upgrade header passes straight to the next handler.
+// Target: 0 allocs/op, <= 50 ns/op.
+func BenchmarkServeHTTPNoOffer(b *testing.B) {
+	h := benchHandler(b, &Handler{Protocols: []string{"websocket"}})
+	r, _ := benchRequest(http.MethodGet, "http://example.com/index.html", http.Header{
+		"Accept":     {"text/html"},
+		"User-Agent": {"bench/1.0"},
+	})
+	w := newBenchWriter()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := h.ServeHTTP(w, r, noopNext); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReplacerSetFloor is the floor under BenchmarkServeHTTPNoOffer:
+// the three repl.Set calls every request makes (SPEC §7), with values that
+// do not allocate. Caddy's Replacer takes a mutex and writes a map each time.
+func BenchmarkReplacerSetFloor(b *testing.B) {
+	_, repl := benchRequest(http.MethodGet, "http://example.com/", http.Header{})
+	b.ReportAllocs()
+	for b.Loop() {
+		repl.Set(placeholderOffered, "")
+		repl.Set(placeholderProtocol, "")
+		repl.Set(placeholderOutcome, "none")
+	}
+}
+
+// BenchmarkServeHTTPAccepted runs an accepted WebSocket handshake through
+// the whole handler in policy-only mode: parse, select, checks, rewrite,
+// the tunnel slot, and a next handler that answers like Caddy's reverse
+// proxy does (a correct 101, Hijack, then the tunnel closes at once). The
+// 101 goes out on the fake hijacked connection. The request's headers are
+// put back in place each iteration without allocating.
+func BenchmarkServeHTTPAccepted(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		h    *Handler
+	}{
+		{"policy", &Handler{Protocols: []string{"websocket"}}},
+		{"origins+subprotocols", &Handler{Protocols: []string{"websocket"}, WebSocket: &WebSocketConfig{
+			Origins:      []string{"https://example.com", "https://*.example.com"},
+			Subprotocols: []string{"chat", "superchat"},
+		}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := benchHandler(b, tc.h)
+			const key = "dGhlIHNhbXBsZSBub25jZQ=="
+			accept := acceptKey(key)
+			conn := []string{"keep-alive, Upgrade"}
+			up := []string{"websocket"}
+			hdr := http.Header{
+				"Connection":             conn,
+				"Upgrade":                up,
+				"Sec-Websocket-Key":      {key},
+				"Sec-Websocket-Version":  {"13"},
+				"Origin":                 {"https://a.example.com"},
+				"Sec-Websocket-Protocol": {"chat, superchat"},
+				"User-Agent":             {"bench/1.0"},
+			}
+			proto := hdr["Sec-Websocket-Protocol"]
+			r, _ := benchRequest(http.MethodGet, "http://example.com/ws", hdr)
+			w := newBenchWriter()
+			acceptLine := []string{accept}
+			upgradeLine := []string{"websocket"}
+			connLine := []string{"Upgrade"}
+			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				rh := w.Header()
+				rh["Upgrade"] = upgradeLine
+				rh["Connection"] = connLine
+				rh["Sec-Websocket-Accept"] = acceptLine
+				w.WriteHeader(http.StatusSwitchingProtocols)
+				c, _, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return err
+				}
+				return c.Close()
+			})
+			b.ReportAllocs()
+			for b.Loop() {
+				hdr["Connection"] = conn
+				hdr["Upgrade"] = up
+				hdr["Sec-Websocket-Protocol"] = proto
+				clear(w.h)
+				w.hijacked = false
+				if err := h.ServeHTTP(w, r, next); err != nil {
+					b.Fatal(err)
+				}
+				if !w.hijacked {
+					b.Fatal("no 101 went out")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkServeHTTPRefused is a plain GET on a `require` route: 426 with
+// its Upgrade and Connection headers, returned as a caddyhttp.Error. The
+// "nop-log" case drops the info log line; "json-log" encodes it as Caddy's
+// JSON logger would (to io.Discard).
+func BenchmarkServeHTTPRefused(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		logger *zap.Logger
+	}{
+		{"nop-log", zap.NewNop()},
+		{"json-log", zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
+			zapcore.AddSync(io.Discard), zapcore.InfoLevel)).Named("http.handlers.upgrade")},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := benchHandler(b, &Handler{Protocols: []string{"websocket"}, Require: true})
+			h.logger = tc.logger
+			r, _ := benchRequest(http.MethodGet, "http://example.com/ws", http.Header{"User-Agent": {"bench/1.0"}})
+			w := newBenchWriter()
+			b.ReportAllocs()
+			for b.Loop() {
+				clear(w.h)
+				err := h.ServeHTTP(w, r, noopNext)
+				if he, ok := err.(caddyhttp.HandlerError); !ok || he.StatusCode != http.StatusUpgradeRequired {
+					b.Fatalf("got %v, want a 426 HandlerError", err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkParseOffer parses the typical offer and the largest one the
+// grammar accepts (16 protocols, ~500 bytes over several lines).
+func BenchmarkParseOffer(b *testing.B) {
+	var worst []string
+	var line []string
+	size := 0
+	for i := range maxOfferedProtocols {
+		p := "protocol-name-" + strings.Repeat("x", 6) + "/" + strings.Repeat("v", 5) + string(rune('a'+i))
+		line = append(line, p)
+		if len(line) == 4 {
+			s := strings.Join(line, " ,\t")
+			worst = append(worst, s)
+			size += len(s)
+			line = nil
+		}
+	}
+	if size > maxUpgradeBytes || size < 400 {
+		b.Fatalf("worst case is %d bytes; want 400..512", size)
+	}
+	for _, tc := range []struct {
+		name  string
+		lines []string
+		n     int
+	}{
+		{"typical", []string{"websocket"}, 1},
+		{"worst", worst, maxOfferedProtocols},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			r := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+			r.Header = http.Header{"Connection": {"Upgrade"}, "Upgrade": tc.lines}
+			b.ReportAllocs()
+			for b.Loop() {
+				o, err := parseOffer(r)
+				if err != nil || len(o.protocols) != tc.n {
+					b.Fatalf("parseOffer: %d protocols, %v", len(o.protocols), err)
+				}
+			}
+		})
+	}
+}
+
+// benchWriter is a ResponseWriter that records and can be hijacked onto a
+// connection that discards what is written; none of it allocates per use.
+type benchWriter struct {
+	h        http.Header
+	status   int
+	hijacked bool
+	conn     benchConn
+	brw      *bufio.ReadWriter
+}
+
+func newBenchWriter() *benchWriter {
+	return &benchWriter{
+		h:   make(http.Header),
+		brw: bufio.NewReadWriter(bufio.NewReader(strings.NewReader("")), bufio.NewWriter(io.Discard)),
+	}
+}
+
+func (w *benchWriter) Header() http.Header         { return w.h }
+func (w *benchWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *benchWriter) WriteHeader(code int)        { w.status = code }
+
+func (w *benchWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.hijacked = true
+	return &w.conn, w.brw, nil
+}
+
+// benchConn is a connection that is never read and swallows writes.
+type benchConn struct{}
+
+func (*benchConn) Read([]byte) (int, error)         { return 0, io.EOF }
+func (*benchConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (*benchConn) Close() error                     { return nil }
+func (*benchConn) LocalAddr() net.Addr              { return benchAddr{} }
+func (*benchConn) RemoteAddr() net.Addr             { return benchAddr{} }
+func (*benchConn) SetDeadline(time.Time) error      { return nil }
+func (*benchConn) SetReadDeadline(time.Time) error  { return nil }
+func (*benchConn) SetWriteDeadline(time.Time) error { return nil }
+
+type benchAddr struct{}
+
+func (benchAddr) Network() string { return "tcp" }
+func (benchAddr) String() string  { return "127.0.0.1:1" }
