@@ -205,12 +205,15 @@ func isTchar(c byte) bool {
 	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
+// logValueCap is where client-supplied values are cut in messages and logs,
+// so a hostile header cannot flood them (SPEC §7).
+const logValueCap = 256
+
 // quoteForLog quotes a client-supplied value for messages and logs, cut at
-// 256 bytes so a hostile header cannot flood them (SPEC §7).
+// logValueCap bytes.
 func quoteForLog(s string) string {
-	const max = 256
-	if len(s) > max {
-		s = s[:max] + "…"
+	if len(s) > logValueCap {
+		s = s[:logValueCap] + "…"
 	}
 	return strconv.Quote(s)
 }
