@@ -27,6 +27,13 @@ func fzLines(s string) []string {
 	return strings.Split(s, "\n")
 }
 
+// fzSetLines sets field name of h to the lines of a fuzz string, if any.
+func fzSetLines(h http.Header, name, lines string) {
+	if l := fzLines(lines); l != nil {
+		h[name] = l
+	}
+}
+
 // fzTchar is RFC 9110's tchar, written out independently of isTchar.
 func fzTchar(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' ||
@@ -423,11 +430,7 @@ func FuzzCheck101(f *testing.F) {
 	f.Fuzz(func(t *testing.T, selected string, websocket bool, keys, resConn, resUpgrade, accepts, reqProto, resProto, reqExt, resExt string,
 		correctAccept, checkAccept bool) {
 		req, res := http.Header{}, http.Header{}
-		set := func(h http.Header, name, lines string) {
-			if l := fzLines(lines); l != nil {
-				h[name] = l
-			}
-		}
+		set := fzSetLines
 		set(req, "Sec-Websocket-Key", keys)
 		set(req, "Sec-Websocket-Protocol", reqProto)
 		set(req, "Sec-Websocket-Extensions", reqExt)

@@ -226,15 +226,6 @@ func TestCheckWebSocket101(t *testing.T) {
 	}
 }
 
-// wsLines turns a fuzz string into field lines: nil for "", else one
-// line per "\n"-separated part.
-func wsLines(s string) []string {
-	if s == "" {
-		return nil
-	}
-	return strings.Split(s, "\n")
-}
-
 func FuzzCheckWebSocketRequest(f *testing.F) {
 	f.Add("GET", wsSampleKey, "13", false)
 	f.Add("GET", " "+wsSampleKey+"\n"+wsSampleKey, "13", false)
@@ -244,10 +235,10 @@ func FuzzCheckWebSocketRequest(f *testing.F) {
 	f.Add("CONNECT", "", "8", true)
 	f.Fuzz(func(t *testing.T, method, keys, versions string, xconnect bool) {
 		h := http.Header{}
-		if k := wsLines(keys); k != nil {
+		if k := fzLines(keys); k != nil {
 			h["Sec-Websocket-Key"] = k
 		}
-		if v := wsLines(versions); v != nil {
+		if v := fzLines(versions); v != nil {
 			h["Sec-Websocket-Version"] = v
 		}
 		status, reason := checkWebSocketRequest(method, h, xconnect)
@@ -282,11 +273,7 @@ func FuzzCheckWebSocket101(f *testing.F) {
 	f.Add("k\nk", "a", `pmd; x="a, b", c`, "x", "a\nb", `c, pmd; y="q\"r"`, false, false)
 	f.Fuzz(func(t *testing.T, keys, reqProto, reqExt, accepts, resProto, resExt string, checkAccept, correctAccept bool) {
 		req, res := http.Header{}, http.Header{}
-		set := func(h http.Header, name, lines string) {
-			if l := wsLines(lines); l != nil {
-				h[name] = l
-			}
-		}
+		set := fzSetLines
 		set(req, "Sec-Websocket-Key", keys)
 		set(req, "Sec-Websocket-Protocol", reqProto)
 		set(req, "Sec-Websocket-Extensions", reqExt)

@@ -170,18 +170,10 @@ func handshakes(url string, conc int, dur time.Duration) (float64, error) {
 func throughput(url string, conns, msgSize int, warm, dur time.Duration) (float64, error) {
 	d := wsDialer(msgSize + 64)
 	msg := make([]byte, msgSize)
-	var cs []*websocket.Conn
-	defer func() {
-		for _, c := range cs {
-			c.Close()
-		}
-	}()
-	for range conns {
-		c, err := openEcho(d, url, msg[:16])
-		if err != nil {
-			return 0, err
-		}
-		cs = append(cs, c)
+	cs, err := openEchoes(d, url, conns, msg[:16])
+	defer closeAll(cs)
+	if err != nil {
+		return 0, err
 	}
 	var received atomic.Int64
 	var stop atomic.Bool
@@ -238,18 +230,10 @@ func throughput(url string, conns, msgSize int, warm, dur time.Duration) (float6
 func latency(url string, conns int, rate float64, warm, dur time.Duration) (p50, p99 time.Duration, err error) {
 	d := wsDialer(1024)
 	msg := make([]byte, 64)
-	var cs []*websocket.Conn
-	defer func() {
-		for _, c := range cs {
-			c.Close()
-		}
-	}()
-	for range conns {
-		c, err := openEcho(d, url, msg[:16])
-		if err != nil {
-			return 0, 0, err
-		}
-		cs = append(cs, c)
+	cs, err := openEchoes(d, url, conns, msg[:16])
+	defer closeAll(cs)
+	if err != nil {
+		return 0, 0, err
 	}
 	interval := time.Duration(float64(time.Second) / rate)
 	period := interval * time.Duration(conns)
@@ -417,4 +401,24 @@ func statusOf(addr, request string) (int, error) {
 	}
 	res.Body.Close()
 	return res.StatusCode, nil
+}
+
+// openEchoes opens n WebSockets with openEcho; on an error it returns the
+// ones already open, for the caller to close.
+func openEchoes(d *websocket.Dialer, url string, n int, first []byte) ([]*websocket.Conn, error) {
+	cs := make([]*websocket.Conn, 0, n)
+	for range n {
+		c, err := openEcho(d, url, first)
+		if err != nil {
+			return cs, err
+		}
+		cs = append(cs, c)
+	}
+	return cs, nil
+}
+
+func closeAll(cs []*websocket.Conn) {
+	for _, c := range cs {
+		c.Close()
+	}
 }
