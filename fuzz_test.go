@@ -34,6 +34,23 @@ func fzSetLines(h http.Header, name, lines string) {
 	}
 }
 
+// fzHandshake builds a WebSocket request's and a 101's header fields from
+// fuzz strings; with correctAccept and one key, the 101 gets that key's
+// correct Sec-WebSocket-Accept instead of accepts.
+func fzHandshake(keys, reqProto, reqExt, accepts, resProto, resExt string, correctAccept bool) (req, res http.Header) {
+	req, res = http.Header{}, http.Header{}
+	fzSetLines(req, "Sec-Websocket-Key", keys)
+	fzSetLines(req, "Sec-Websocket-Protocol", reqProto)
+	fzSetLines(req, "Sec-Websocket-Extensions", reqExt)
+	if correctAccept && len(req["Sec-Websocket-Key"]) == 1 {
+		accepts = acceptKey(strings.Trim(req["Sec-Websocket-Key"][0], " \t"))
+	}
+	fzSetLines(res, "Sec-Websocket-Accept", accepts)
+	fzSetLines(res, "Sec-Websocket-Protocol", resProto)
+	fzSetLines(res, "Sec-Websocket-Extensions", resExt)
+	return req, res
+}
+
 // fzTchar is RFC 9110's tchar, written out independently of isTchar.
 func fzTchar(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' ||
@@ -429,19 +446,9 @@ func FuzzCheck101(f *testing.F) {
 	f.Add("foo/2", false, "", "Upgrade", "foo/2, h2c", "", "", "", "", "", false, true)
 	f.Fuzz(func(t *testing.T, selected string, websocket bool, keys, resConn, resUpgrade, accepts, reqProto, resProto, reqExt, resExt string,
 		correctAccept, checkAccept bool) {
-		req, res := http.Header{}, http.Header{}
-		set := fzSetLines
-		set(req, "Sec-Websocket-Key", keys)
-		set(req, "Sec-Websocket-Protocol", reqProto)
-		set(req, "Sec-Websocket-Extensions", reqExt)
-		if correctAccept && len(req["Sec-Websocket-Key"]) == 1 {
-			accepts = acceptKey(strings.Trim(req["Sec-Websocket-Key"][0], " \t"))
-		}
-		set(res, "Connection", resConn)
-		set(res, "Upgrade", resUpgrade)
-		set(res, "Sec-Websocket-Accept", accepts)
-		set(res, "Sec-Websocket-Protocol", resProto)
-		set(res, "Sec-Websocket-Extensions", resExt)
+		req, res := fzHandshake(keys, reqProto, reqExt, accepts, resProto, resExt, correctAccept)
+		fzSetLines(res, "Connection", resConn)
+		fzSetLines(res, "Upgrade", resUpgrade)
 		e := &expectation{selected: selected, websocket: websocket, clientHeader: req}
 		reason := e.check101(req, res, checkAccept)
 

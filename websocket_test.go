@@ -272,17 +272,7 @@ func FuzzCheckWebSocket101(f *testing.F) {
 	f.Add(wsSampleKey, "", "", "", "", "", true, true)
 	f.Add("k\nk", "a", `pmd; x="a, b", c`, "x", "a\nb", `c, pmd; y="q\"r"`, false, false)
 	f.Fuzz(func(t *testing.T, keys, reqProto, reqExt, accepts, resProto, resExt string, checkAccept, correctAccept bool) {
-		req, res := http.Header{}, http.Header{}
-		set := fzSetLines
-		set(req, "Sec-Websocket-Key", keys)
-		set(req, "Sec-Websocket-Protocol", reqProto)
-		set(req, "Sec-Websocket-Extensions", reqExt)
-		if correctAccept && len(req["Sec-Websocket-Key"]) == 1 {
-			accepts = acceptKey(strings.Trim(req["Sec-Websocket-Key"][0], " \t"))
-		}
-		set(res, "Sec-Websocket-Accept", accepts)
-		set(res, "Sec-Websocket-Protocol", resProto)
-		set(res, "Sec-Websocket-Extensions", resExt)
+		req, res := fzHandshake(keys, reqProto, reqExt, accepts, resProto, resExt, correctAccept)
 
 		reason := checkWebSocket101(req, res, checkAccept)
 		if reason != "" {

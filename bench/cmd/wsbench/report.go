@@ -94,14 +94,7 @@ func (r *results) pairedRatio(a, b string, m metricKey) float64 {
 			rs = append(rs, x)
 		}
 	}
-	if len(rs) == 0 {
-		return math.NaN()
-	}
-	slices.Sort(rs)
-	if len(rs)%2 == 1 {
-		return rs[len(rs)/2]
-	}
-	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
+	return medianOf(rs)
 }
 
 // medianForeign is the median share of the CPUs other processes took
@@ -122,7 +115,11 @@ func (r *results) medianForeign() float64 {
 
 // median returns the median sample, NaN if there is none.
 func (r *results) median(target string, m metricKey) float64 {
-	s := slices.Clone(r.samples[target][m])
+	return medianOf(slices.Clone(r.samples[target][m]))
+}
+
+// medianOf sorts s in place and returns its median, NaN if it is empty.
+func medianOf(s []float64) float64 {
 	if len(s) == 0 {
 		return math.NaN()
 	}
