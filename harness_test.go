@@ -160,7 +160,7 @@ var (
 // lockCaddytest takes an exclusive lock on harnessLockPath for the rest of
 // the process (the kernel drops it when the test binary exits), waiting up
 // to 5 minutes for another test binary to finish.
-func lockCaddytest(t *testing.T) {
+func lockCaddytest(t testing.TB) {
 	t.Helper()
 	harnessLockOnce.Do(func() {
 		f, err := os.OpenFile(harnessLockPath, os.O_CREATE|os.O_RDWR, 0o666)

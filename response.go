@@ -27,6 +27,8 @@ type expectation struct {
 	invalid string
 	label   string // the metric label
 	counted bool
+	// tunnel is the accounting the backend side of the tunnel joins.
+	tunnel *tunnel
 }
 
 // count records the accepted request once, when its answer goes out.
@@ -78,6 +80,11 @@ type guardedTransport struct {
 func guardTransport(rp *reverseproxy.Handler) {
 	if t, ok := rp.Transport.(*reverseproxy.HTTPTransport); ok {
 		rp.Transport = &guardedTransport{t}
+		// Every tunnel through this proxy gets a backendBody, whose
+		// loops copy both directions (tunnel_copy.go); the buffer Caddy's
+		// copier allocates per direction before handing over would be
+		// garbage at once.
+		rp.StreamBufferSize = 1
 	}
 }
 
@@ -96,6 +103,9 @@ func (t *guardedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		reason = "backend answered " + res.Status + " instead of switching protocols"
 	}
 	if reason == "" {
+		if rwc, ok := res.Body.(io.ReadWriteCloser); ok && res.StatusCode == http.StatusSwitchingProtocols && e.tunnel != nil {
+			res.Body = &backendBody{rwc: rwc, t: e.tunnel}
+		}
 		return res, nil
 	}
 	if e.invalid == "" {

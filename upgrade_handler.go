@@ -16,6 +16,19 @@ import (
 // accepted upgrade on with its answer guarded.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	// The common case first: an HTTP/1.x request without Upgrade offers
+	// nothing (SPEC §2) and, unless the route requires an upgrade, goes on
+	// as it came, less a stray Connection: upgrade. This is what the
+	// general path below does for it, with two header lookups in all.
+	if r.ProtoMajor < 2 && !h.policy.require {
+		if _, ok := r.Header["Upgrade"]; !ok {
+			if connectionHasToken(r.Header, "upgrade") {
+				removeConnectionToken(r.Header, "upgrade")
+			}
+			setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeNone}, false)
+			return next.ServeHTTP(w, r)
+		}
+	}
 	o, err := parseOffer(r)
 	if err != nil {
 		setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeInvalid}, true)

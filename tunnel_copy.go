@@ -1,0 +1,279 @@
+package upgrade
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Lean tunnels. Caddy's reverse proxy copies each direction of a tunnel
+// with io.CopyBuffer, which hands the copy to the source's WriteTo or the
+// destination's ReadFrom when either has one. A *net.TCPConn has both, and
+// both allocate a fresh 32 KiB buffer held for the tunnel's whole life, so
+// an idle WebSocket costs Caddy 64 KiB of buffers. The module's wrappers
+// (tunnelConn on the client side, backendBody on the backend side) take
+// the copy over instead: they wait for a socket to become readable holding
+// no buffer, borrow one from a pool only while bytes move, and give it
+// back before waiting again. Everything else stays Caddy's: upstream
+// choice, transport, connection registration, close frames on reload,
+// stream_timeout.
+
+// copyBufSize is the size of the buffers the copy loops borrow. Chosen by
+// BenchmarkTunnelEcho (README, Performance): larger buffers bought no echo
+// throughput, smaller ones lost some.
+var copyBufSize = 32 << 10
+
+var copyBufPool = sync.Pool{New: func() any {
+	b := make([]byte, copyBufSize)
+	return &b
+}}
+
+// copyBufsOut counts the pooled buffers borrowed and not yet given back:
+// with every tunnel idle it is 0 (TestLeanTunnelIdleHoldsNoBuffer).
+var copyBufsOut atomic.Int64
+
+func getCopyBuf() *[]byte {
+	copyBufsOut.Add(1)
+	bp := copyBufPool.Get().(*[]byte)
+	if len(*bp) != copyBufSize { // the size changed under a benchmark
+		b := make([]byte, copyBufSize)
+		bp = &b
+	}
+	return bp
+}
+
+func putCopyBuf(bp *[]byte) {
+	copyBufsOut.Add(-1)
+	copyBufPool.Put(bp)
+}
+
+// pump moves bytes from src to dst until src ends, as io.Copy would, and
+// returns nil at a clean EOF so Caddy's copier half-closes the other side.
+// upstream is the direction from client to backend. The loop does the
+// tunnel's accounting where it went past tunnelConn, which would have done
+// it otherwise.
+func (t *tunnel) pump(dst io.Writer, src io.Reader, upstream bool) (int64, error) {
+	w, wentPastW := loopWriter(dst)
+	s, wentPastR := sourceOf(src)
+	account := wentPastW || wentPastR
+	var written int64
+	for {
+		bp, n, rerr := s.next()
+		if n > 0 {
+			nw, werr := w.Write((*bp)[:n])
+			written += int64(nw)
+			if account {
+				t.carried(nw, upstream)
+			}
+			if werr == nil && nw != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				putCopyBuf(bp)
+				return written, werr
+			}
+		}
+		if bp != nil {
+			putCopyBuf(bp)
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+// loopWriter is where a copy loop writes dst's bytes: past the module's
+// own wrappers, whose Write is kept for writes from outside the loop.
+// wentPast reports that tunnelConn's accounting was skipped.
+func loopWriter(dst io.Writer) (w io.Writer, wentPast bool) {
+	switch d := dst.(type) {
+	case *tunnelConn:
+		return d.Conn, true
+	case *backendBody:
+		return d.rwc, false
+	}
+	return dst, false
+}
+
+// source is one direction's read side as the copy loop sees it.
+type source struct {
+	r io.Reader
+	// raw is the plain socket under r, when there is one: the loop waits
+	// on it for readability with no buffer held.
+	raw syscall.RawConn
+	// body is the buffer field of net/http's 101 response body while it
+	// still holds bytes read past the backend's 101: they must be read
+	// through r before the socket is waited on.
+	body *reflect.Value
+}
+
+// sourceOf finds the cheapest way to read src. wentPast reports that
+// tunnelConn's accounting was skipped.
+func sourceOf(src io.Reader) (s source, wentPast bool) {
+	switch r := src.(type) {
+	case *tunnelConn:
+		s, _ = sourceOf(r.Conn)
+		return s, true
+	case *backendBody:
+		s, _ = sourceOf(r.rwc)
+		return s, false
+	}
+	s.r = src
+	if br, conn, ok := switchedBody(src); ok {
+		if raw := rawSocket(conn); raw != nil {
+			s.raw = raw
+			s.body = &br
+		}
+		return s, false
+	}
+	s.raw = rawSocket(src)
+	return s, false
+}
+
+// rawSocket returns the socket of a plain TCP or Unix connection. Other
+// connections (TLS, wrappers that transform bytes) must be read through
+// their Read, so they get nil.
+func rawSocket(r any) syscall.RawConn {
+	var sc syscall.Conn
+	switch c := r.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// switchedBody recognises net/http's body of a 101 response (its
+// unexported readWriteCloserBody): bytes the transport read past the 101
+// sit in its field br until read, then reads go to its embedded
+// connection. Reading the two fields needs reflection; a Go release that
+// changes the type only costs the fallback path (a buffer held while
+// waiting), which TestLeanTunnelHoldsNoBuffer would show.
+func switchedBody(src io.Reader) (body reflect.Value, conn io.ReadWriteCloser, ok bool) {
+	v := reflect.ValueOf(src)
+	if v.Kind() != reflect.Pointer {
+		return reflect.Value{}, nil, false
+	}
+	v = v.Elem()
+	t := v.Type()
+	if t.Kind() != reflect.Struct || t.PkgPath() != "net/http" || t.Name() != "readWriteCloserBody" {
+		return reflect.Value{}, nil, false
+	}
+	br, hasBr := t.FieldByName("br")
+	rwc, hasRWC := t.FieldByName("ReadWriteCloser")
+	if !hasBr || br.Type.Kind() != reflect.Pointer || !hasRWC || !rwc.Anonymous ||
+		len(br.Index) != 1 || len(rwc.Index) != 1 {
+		return reflect.Value{}, nil, false
+	}
+	conn, ok = v.Field(rwc.Index[0]).Interface().(io.ReadWriteCloser)
+	return v.Field(br.Index[0]), conn, ok
+}
+
+// bufferedAbove reports whether net/http's 101 body still holds bytes
+// read past the 101. Once drained, net/http drops that buffer for good.
+func (s *source) bufferedAbove() bool {
+	if s.body == nil {
+		return false
+	}
+	if s.body.IsNil() {
+		s.body = nil
+		return false
+	}
+	return true
+}
+
+// next returns the next bytes of the source in a pooled buffer, which the
+// caller gives back; bp is nil when n is 0.
+func (s *source) next() (bp *[]byte, n int, err error) {
+	if s.raw == nil || s.bufferedAbove() {
+		// Reads from what net/http buffered return at once; other
+		// sources have no socket to wait on, so a buffer is held while
+		// the read blocks.
+		bp = getCopyBuf()
+		n, err = s.r.Read(*bp)
+		if n <= 0 {
+			putCopyBuf(bp)
+			return nil, 0, err
+		}
+		return bp, n, err
+	}
+	var rerr error
+	err = s.raw.Read(func(fd uintptr) bool {
+		bp = getCopyBuf()
+		for {
+			n, rerr = syscall.Read(int(fd), *bp)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			putCopyBuf(bp)
+			bp = nil
+			return false // wait for readability; no buffer is held meanwhile
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+	case rerr != nil:
+		err = os.NewSyscallError("read", rerr)
+	case n == 0:
+		err = io.EOF
+	}
+	if err != nil || n <= 0 {
+		if bp != nil {
+			putCopyBuf(bp)
+		}
+		return nil, 0, err
+	}
+	return bp, n, nil
+}
+
+// backendBody is the backend side of a tunnel that Caddy's reverse proxy
+// got from the module's transport wrapper: net/http's 101 body, with the
+// copy loops of both directions.
+type backendBody struct {
+	rwc io.ReadWriteCloser
+	t   *tunnel
+}
+
+func (b *backendBody) Read(p []byte) (int, error)  { return b.rwc.Read(p) }
+func (b *backendBody) Write(p []byte) (int, error) { return b.rwc.Write(p) }
+func (b *backendBody) Close() error                { return b.rwc.Close() }
+
+// CloseWrite forwards a client's half-close to the backend.
+func (b *backendBody) CloseWrite() error {
+	if cw, ok := b.rwc.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+// WriteTo is the backend-to-client direction.
+func (b *backendBody) WriteTo(w io.Writer) (int64, error) { return b.t.pump(w, b, false) }
+
+// ReadFrom is the client-to-backend direction where the client side has
+// no WriteTo of its own (extended CONNECT).
+func (b *backendBody) ReadFrom(r io.Reader) (int64, error) { return b.t.pump(b, r, true) }
+
+// WriteTo is the client-to-backend direction.
+func (c *tunnelConn) WriteTo(w io.Writer) (int64, error) { return c.t.pump(w, c, true) }
+
+// ReadFrom is the backend-to-client direction where the backend side is
+// not a backendBody (the route's own reverse_proxy after this handler).
+func (c *tunnelConn) ReadFrom(r io.Reader) (int64, error) { return c.t.pump(c, r, false) }
