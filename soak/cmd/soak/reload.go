@@ -1,0 +1,114 @@
+package main
+
+// Scenarios 1 and 2: echo traffic on thousands of tunnels while the config
+// is reloaded through the admin API.
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+type reloadParams struct {
+	tunnels  int
+	duration time.Duration
+	reloads  int
+	// closeDelay is the proxy's stream_close_delay. Longer than the run
+	// (scenario 1), a reload must not disturb any tunnel; short (scenario
+	// 2), each reload closes the old config's tunnels after it.
+	closeDelay time.Duration
+}
+
+// keepsTunnels reports whether no tunnel may close during the run.
+func (p reloadParams) keepsTunnels() bool { return p.closeDelay > p.duration }
+
+func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) error {
+	site := siteConfig{Generation: e.site.Generation + 1, CloseDelay: p.closeDelay}
+	if err := e.load(ctx, site, false); err != nil {
+		return err
+	}
+	fail := &failures{}
+	run := newEchoRun(e.wsURL(), time.Second, fail)
+	if !p.keepsTunnels() {
+		// Caddy closes an old config's WebSocket with a 1001 close frame,
+		// or at least a clean TCP close; anything else fails.
+		run.reconnect = true
+		run.closeOK = func(kind string) bool { return kind == "close-1001" || kind == "fin" }
+	}
+
+	t0 := time.Now()
+	clients, conns, err := run.open(ctx, p.tunnels, 1, 64)
+	if err != nil {
+		return fmt.Errorf("opening %d tunnels: %v", p.tunnels, err)
+	}
+	r.tunnels += int64(p.tunnels)
+	r.concurrent = int64(p.tunnels)
+	r.note("%d tunnels open in %v", p.tunnels, time.Since(t0).Round(100*time.Millisecond))
+
+	stop := make(chan struct{})
+	wg := run.start(clients, conns, stop)
+	start := time.Now()
+	reloadErr := reloadDuring(ctx, e, r, p, start)
+	time.Sleep(time.Until(start.Add(p.duration)))
+	close(stop)
+	wg.Wait()
+	if reloadErr != nil {
+		return reloadErr
+	}
+
+	lostN := lost(clients)
+	r.lost += lostN
+	r.messages += run.echoed.Load()
+	r.tunnels += run.reconnects.Load()
+	r.note("%d messages sent (%d of them resent after a reconnect), %d echoed in order and intact, %d lost",
+		run.sent.Load(), run.sent.Load()-run.echoed.Load()-lostN, run.echoed.Load(), lostN)
+	r.note("echo round trip: %s", run.rtt.summary())
+	r.note("tunnels closed under the clients: %d (%s); reconnects: %d", run.closes.total(), run.closes.String(), run.reconnects.Load())
+
+	if err := fail.err(); err != nil {
+		return err
+	}
+	if lostN > 0 {
+		return fmt.Errorf("%d messages sent were never echoed", lostN)
+	}
+	if !p.keepsTunnels() && run.closes.total() < p.tunnels {
+		// Every reload swaps every handler instance, so each must close
+		// the tunnels of the one before: fewer closes than one full wave
+		// means the short delay was not exercised.
+		return fmt.Errorf("only %d tunnels closed over %d reloads of %d tunnels", run.closes.total(), p.reloads, p.tunnels)
+	}
+	return nil
+}
+
+// reloadDuring loads p.reloads configs spread evenly over the run,
+// alternately a changed one (a new generation) and an identical one
+// (forced, so that Caddy swaps the handlers anyway), and checks after each
+// that the generation served is the one loaded.
+func reloadDuring(ctx context.Context, e *env, r *scenarioResult, p reloadParams, start time.Time) error {
+	var took latencies
+	dropped := 0
+	for i := 1; i <= p.reloads; i++ {
+		time.Sleep(time.Until(start.Add(p.duration * time.Duration(i) / time.Duration(p.reloads+1))))
+		site := e.site
+		changed := i%2 == 1
+		if changed {
+			site.Generation++
+		}
+		t0 := time.Now()
+		if err := e.load(ctx, site, !changed); err != nil {
+			return fmt.Errorf("reload %d: %v", i, err)
+		}
+		took.add(time.Since(t0))
+		n, err := e.checkGeneration(ctx)
+		dropped += n
+		if err != nil {
+			return fmt.Errorf("reload %d: %v", i, err)
+		}
+		r.reloads++
+	}
+	r.note("%d reloads (changed and identical alternately), POST /load took %s", r.reloads, took.summary())
+	if dropped > 0 {
+		r.note("GET /generation right after a reload: %d request(s) dropped with EOF by the old server and retried (net/http reload race)", dropped)
+	}
+	return nil
+}

@@ -1,0 +1,8 @@
+module github.com/seedf05e/caddy-upgrade/soak
+
+go 1.26.8
+
+require (
+	github.com/gorilla/websocket v1.5.3
+	golang.org/x/sys v0.48.0
+)
