@@ -77,3 +77,17 @@ clean:
 .PHONY: bench
 bench:
 	bench/run.sh
+
+# Reliability soak (README, Reliability): Caddy with the module and the echo
+# backend as separate processes on 127.0.0.1, driven by soak/cmd/soak, which
+# exits non-zero on any failed assertion. `make soak` is the full form (9,000
+# tunnels, about 12 minutes; writes soak/results.md), `make soak-short` the
+# CI form (1,000 tunnels, about 1.5 minutes). Extra flags: SOAK_FLAGS=...
+.PHONY: soak soak-short
+soak: bin/caddy bin/echo
+	go build -C soak -o bin/soak ./cmd/soak
+	soak/bin/soak -profile full -out soak/results.md $(SOAK_FLAGS)
+
+soak-short: bin/caddy bin/echo
+	go build -C soak -o bin/soak ./cmd/soak
+	soak/bin/soak -profile short $(SOAK_FLAGS)

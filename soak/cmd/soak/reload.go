@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -29,11 +30,13 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 	}
 	fail := &failures{}
 	run := newEchoRun(e.wsURL(), time.Second, fail)
+	reloads := &reloadLog{}
 	if !p.keepsTunnels() {
 		// Caddy closes an old config's WebSocket with a 1001 close frame,
 		// or at least a clean TCP close; anything else fails.
 		run.reconnect = true
 		run.closeOK = func(kind string) bool { return kind == "close-1001" || kind == "fin" }
+		run.onClose = reloads.closed
 	}
 
 	t0 := time.Now()
@@ -48,7 +51,7 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 	stop := make(chan struct{})
 	wg := run.start(clients, conns, stop)
 	start := time.Now()
-	reloadErr := reloadDuring(ctx, e, r, p, start)
+	reloadErr := reloadDuring(ctx, e, r, p, start, reloads)
 	time.Sleep(time.Until(start.Add(p.duration)))
 	close(stop)
 	wg.Wait()
@@ -64,6 +67,10 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 		run.sent.Load(), run.sent.Load()-run.echoed.Load()-lostN, run.echoed.Load(), lostN)
 	r.note("echo round trip: %s", run.rtt.summary())
 	r.note("tunnels closed under the clients: %d (%s); reconnects: %d", run.closes.total(), run.closes.String(), run.reconnects.Load())
+	r.note("the clients' closing handshakes at the end: %s", run.finalCloses.String())
+	if !p.keepsTunnels() {
+		r.note("closes after the reload before them: %s (stream_close_delay %v)", reloads.sinceReload.summary(), p.closeDelay)
+	}
 
 	if err := fail.err(); err != nil {
 		return err
@@ -77,6 +84,55 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 		// means the short delay was not exercised.
 		return fmt.Errorf("only %d tunnels closed over %d reloads of %d tunnels", run.closes.total(), p.reloads, p.tunnels)
 	}
+	if !p.keepsTunnels() {
+		return reloads.checkDelay(p.closeDelay)
+	}
+	return nil
+}
+
+// reloadLog keeps when each reload started, and how long after the latest
+// one each tunnel closed: stream_close_delay must hold the old tunnels
+// open that long, and no longer than the delay plus closeBound.
+type reloadLog struct {
+	mu          sync.Mutex
+	starts      []time.Time
+	sinceReload latencies
+	early       int // closes before any reload, or sooner than the delay
+}
+
+func (l *reloadLog) started(at time.Time) {
+	l.mu.Lock()
+	l.starts = append(l.starts, at)
+	l.mu.Unlock()
+}
+
+func (l *reloadLog) closed(at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var latest time.Time
+	for _, s := range l.starts {
+		if s.Before(at) {
+			latest = s
+		}
+	}
+	if latest.IsZero() {
+		l.early++
+		return
+	}
+	l.sinceReload.add(at.Sub(latest))
+}
+
+func (l *reloadLog) checkDelay(delay time.Duration) error {
+	l.mu.Lock()
+	early := l.early
+	l.mu.Unlock()
+	p, slowest := l.sinceReload.percentiles(0)
+	if early > 0 || p[0] < delay {
+		return fmt.Errorf("tunnels closed before stream_close_delay %v had passed since a reload (%d before any reload, earliest %v after one)", delay, early, round(p[0]))
+	}
+	if slowest > delay+closeBound {
+		return fmt.Errorf("a tunnel closed %v after a reload, past stream_close_delay %v + %v", round(slowest), delay, closeBound)
+	}
 	return nil
 }
 
@@ -84,7 +140,7 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 // alternately a changed one (a new generation) and an identical one
 // (forced, so that Caddy swaps the handlers anyway), and checks after each
 // that the generation served is the one loaded.
-func reloadDuring(ctx context.Context, e *env, r *scenarioResult, p reloadParams, start time.Time) error {
+func reloadDuring(ctx context.Context, e *env, r *scenarioResult, p reloadParams, start time.Time, log *reloadLog) error {
 	var took latencies
 	dropped := 0
 	for i := 1; i <= p.reloads; i++ {
@@ -95,6 +151,7 @@ func reloadDuring(ctx context.Context, e *env, r *scenarioResult, p reloadParams
 			site.Generation++
 		}
 		t0 := time.Now()
+		log.started(t0)
 		if err := e.load(ctx, site, !changed); err != nil {
 			return fmt.Errorf("reload %d: %v", i, err)
 		}
