@@ -113,6 +113,9 @@ type source struct {
 	// still holds bytes read past the backend's 101: they must be read
 	// through r before the socket is waited on.
 	body *reflect.Value
+	// peek is set where r must do the reading (it counts bytes for
+	// Caddy's access log): raw is only waited on, by peeking.
+	peek bool
 }
 
 // sourceOf finds the cheapest way to read src. wentPast reports that
@@ -127,6 +130,11 @@ func sourceOf(src io.Reader) (s source, wentPast bool) {
 		return s, false
 	}
 	s.r = src
+	if conn, ok := caddyHijackedConn(src); ok {
+		s.raw = rawSocket(conn)
+		s.peek = true
+		return s, false
+	}
 	if br, conn, ok := switchedBody(src); ok {
 		if raw := rawSocket(conn); raw != nil {
 			s.raw = raw
@@ -138,24 +146,26 @@ func sourceOf(src io.Reader) (s source, wentPast bool) {
 	return s, false
 }
 
-// rawSocket returns the socket of a plain TCP or Unix connection. Other
-// connections (TLS, wrappers that transform bytes) must be read through
-// their Read, so they get nil.
-func rawSocket(r any) syscall.RawConn {
-	var sc syscall.Conn
-	switch c := r.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return nil
+// caddyHijackedConn recognises the wrapper Caddy puts around a hijacked
+// connection when it records responses (access logs, metrics): its Read
+// counts the bytes for the log, so the loop must read through it, but it
+// may wait on the connection inside. Reflection, as for switchedBody.
+func caddyHijackedConn(src io.Reader) (net.Conn, bool) {
+	v := reflect.ValueOf(src)
+	if v.Kind() != reflect.Pointer {
+		return nil, false
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil
+	v = v.Elem()
+	t := v.Type()
+	if t.Kind() != reflect.Struct || t.PkgPath() != "github.com/caddyserver/caddy/v2/modules/caddyhttp" || t.Name() != "hijackedConn" {
+		return nil, false
 	}
-	return raw
+	f, ok := t.FieldByName("Conn")
+	if !ok || !f.Anonymous || len(f.Index) != 1 {
+		return nil, false
+	}
+	conn, ok := v.Field(f.Index[0]).Interface().(net.Conn)
+	return conn, ok
 }
 
 // switchedBody recognises net/http's body of a 101 response (its
@@ -200,10 +210,15 @@ func (s *source) bufferedAbove() bool {
 // next returns the next bytes of the source in a pooled buffer, which the
 // caller gives back; bp is nil when n is 0.
 func (s *source) next() (bp *[]byte, n int, err error) {
-	if s.raw == nil || s.bufferedAbove() {
-		// Reads from what net/http buffered return at once; other
-		// sources have no socket to wait on, so a buffer is held while
-		// the read blocks.
+	if s.peek && s.raw != nil {
+		if err := s.raw.Read(readable); err != nil {
+			return nil, 0, err
+		}
+	}
+	if s.raw == nil || s.peek || s.bufferedAbove() {
+		// Reads from what net/http buffered, or after a peek, return at
+		// once; other sources have no socket to wait on, so a buffer is
+		// held while the read blocks.
 		bp = getCopyBuf()
 		n, err = s.r.Read(*bp)
 		if n <= 0 {
@@ -215,12 +230,7 @@ func (s *source) next() (bp *[]byte, n int, err error) {
 	var rerr error
 	err = s.raw.Read(func(fd uintptr) bool {
 		bp = getCopyBuf()
-		for {
-			n, rerr = syscall.Read(int(fd), *bp)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
+		n, rerr = readSocket(fd, *bp)
 		if rerr == syscall.EAGAIN {
 			putCopyBuf(bp)
 			bp = nil

@@ -89,10 +89,16 @@ func (b *switchBackend) close() {
 
 // loadLeanRoutes puts one backend behind both modes: /proxy/* delegates
 // to the module's proxy, /policy/* checks and leaves the copy to the
-// route's own reverse_proxy.
-func loadLeanRoutes(t *testing.T, backend string) {
+// route's own reverse_proxy. With logged, the site has an access log, so
+// Caddy wraps hijacked connections to count their bytes.
+func loadLeanRoutes(t *testing.T, backend string, logged bool) {
 	t.Helper()
+	log := ""
+	if logged {
+		log = "log {\n\t\toutput discard\n\t}"
+	}
 	loadCaddyfile(t, site(fmt.Sprintf(`
+	%[2]s
 	handle /proxy/* {
 		upgrade websocket foo {
 			to %[1]s
@@ -101,7 +107,7 @@ func loadLeanRoutes(t *testing.T, backend string) {
 	handle /policy/* {
 		upgrade websocket foo
 		reverse_proxy %[1]s
-	}`, backend)))
+	}`, backend, log)))
 }
 
 // openLeanTunnel opens a foo tunnel on path and reads the greeting.
@@ -131,7 +137,7 @@ func waitBufsOut(t *testing.T, want int64, what string) {
 // first; the loops give every buffer back once the tunnel is quiet.
 func TestLeanTunnelEchoIntegrity(t *testing.T) {
 	backend := newSwitchBackend(t)
-	loadLeanRoutes(t, backend.addr())
+	loadLeanRoutes(t, backend.addr(), true)
 	base := copyBufsOut.Load()
 	for _, route := range []string{"/proxy/x", "/policy/x"} {
 		t.Run(route, func(t *testing.T) {
@@ -178,23 +184,26 @@ func TestLeanTunnelEchoIntegrity(t *testing.T) {
 // 64 KiB per tunnel).
 func TestLeanTunnelIdleHoldsNoBuffer(t *testing.T) {
 	backend := newSwitchBackend(t)
-	loadLeanRoutes(t, backend.addr())
-	base := copyBufsOut.Load()
-	for _, route := range []string{"/proxy/x", "/policy/x"} {
-		var cs []*rawClient
-		for range 100 {
-			c := openLeanTunnel(t, route)
-			c.Send("ping")
-			got := make([]byte, 4)
-			c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
-			if _, err := io.ReadFull(c.R, got); err != nil || string(got) != "ping" {
-				t.Fatalf("%s: echo %q, %v", route, got, err)
+	for _, logged := range []bool{false, true} {
+		loadLeanRoutes(t, backend.addr(), logged)
+		base := copyBufsOut.Load()
+		for _, route := range []string{"/proxy/x", "/policy/x"} {
+			what := fmt.Sprintf("%s (access log %v): 100 idle tunnels", route, logged)
+			var cs []*rawClient
+			for range 100 {
+				c := openLeanTunnel(t, route)
+				c.Send("ping")
+				got := make([]byte, 4)
+				c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
+				if _, err := io.ReadFull(c.R, got); err != nil || string(got) != "ping" {
+					t.Fatalf("%s: echo %q, %v", what, got, err)
+				}
+				cs = append(cs, c)
 			}
-			cs = append(cs, c)
-		}
-		waitBufsOut(t, base, route+": 100 idle tunnels")
-		for _, c := range cs {
-			c.Conn.Close()
+			waitBufsOut(t, base, what)
+			for _, c := range cs {
+				c.Conn.Close()
+			}
 		}
 	}
 }
@@ -225,7 +234,7 @@ type idleStats struct {
 // compares the heap before and after, with every allocation sampled.
 func measureIdleTunnels(t *testing.T, n int) idleStats {
 	backend := newSwitchBackend(t)
-	loadLeanRoutes(t, backend.addr())
+	loadLeanRoutes(t, backend.addr(), true)
 	rate := runtime.MemProfileRate
 	runtime.MemProfileRate = 1
 	defer func() { runtime.MemProfileRate = rate }()
