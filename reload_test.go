@@ -1,0 +1,638 @@
+package upgrade
+
+// Config reloads with WebSocket tunnels open (issue 9). When a reload ends
+// a handler, Caddy's reverse proxy writes a close frame (1001) into both
+// sides of every tunnel from another goroutine than the copies, and then
+// closes them; a copy in the middle of a frame gets that close frame in the
+// middle of its frame. The clients here read the raw TCP stream and parse
+// it with wsframe_test.go's reference parser, so a corrupted stream cannot
+// hide behind a WebSocket library, and every payload byte is checked.
+//
+// The backend writes each large message in two writes a tick apart, as a
+// backend producing it over time would: each tunnel spends part of its time
+// in the middle of a frame, which is when a reload corrupts stock Caddy's
+// tunnels.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	rlTunnels = 200                   // tunnels per round
+	rlRounds  = 3                     // reloads per handler
+	rlTick    = 40 * time.Millisecond // a backend writes once per tick
+	rlTraffic = 300 * time.Millisecond
+	// rlCloseBound is how long after /load returns every tunnel must be
+	// closed, and rlLoadBound how long /load itself may take.
+	rlCloseBound = 5 * time.Second
+	rlLoadBound  = 5 * time.Second
+	// rlStockLoadBound is how long the baseline waits for stock Caddy's
+	// reload before it closes the slow client to let the reload go on.
+	rlStockLoadBound = 2 * time.Second
+)
+
+// rlPattern is where payload bytes come from: a fixed pseudo-random table,
+// so that a byte out of place (a close frame inside a payload) shows.
+var rlPattern = func() []byte {
+	r := mrand.New(mrand.NewPCG(6455, 1001))
+	b := make([]byte, 128<<10)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}()
+
+// rlPayload is message seq of a tunnel: seq, then pattern bytes chosen by
+// seq. n is at least 4 and at most 64 KiB + 4.
+func rlPayload(seq uint32, n int) []byte {
+	p := make([]byte, n)
+	binary.BigEndian.PutUint32(p, seq)
+	off := rlOffset(seq)
+	copy(p[4:], rlPattern[off:off+n-4])
+	return p
+}
+
+func rlOffset(seq uint32) int { return int(seq*2654435761) % (len(rlPattern) - 64<<10 - 4) }
+
+// rlPayloadOK reports whether p is a prefix of rlPayload(seq, n) for any n.
+func rlPayloadOK(seq uint32, p []byte) bool {
+	var s [4]byte
+	binary.BigEndian.PutUint32(s[:], seq)
+	if k := min(4, len(p)); !bytes.Equal(p[:k], s[:k]) {
+		return false
+	}
+	if len(p) <= 4 {
+		return true
+	}
+	off := rlOffset(seq)
+	return len(p)-4 <= 64<<10 && bytes.Equal(p[4:], rlPattern[off:off+len(p)-4])
+}
+
+// rlBackend is a WebSocket backend on a raw listener that never stops
+// sending: unmasked binary frames, 16–64 B, and one in ten 32–64 KiB. On a
+// path containing "flood" it writes without pause, whole frames, until a
+// write fails; otherwise once per tick, a large frame split over two ticks.
+type rlBackend struct {
+	ln      net.Listener
+	mu      sync.Mutex
+	conns   []net.Conn
+	wg      sync.WaitGroup
+	flooded atomic.Int64 // bytes written by flood tunnels
+}
+
+func newRLBackend(t *testing.T) *rlBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &rlBackend{ln: ln}
+	b.wg.Go(func() {
+		for id := 0; ; id++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, c)
+			b.mu.Unlock()
+			b.wg.Go(func() { b.serve(c, id) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		b.mu.Lock()
+		for _, c := range b.conns {
+			c.Close()
+		}
+		b.mu.Unlock()
+		b.wg.Wait()
+	})
+	return b
+}
+
+func (b *rlBackend) Addr() string { return b.ln.Addr().String() }
+
+func (b *rlBackend) serve(c net.Conn, id int) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	sum := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	if _, err := fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+		base64.StdEncoding.EncodeToString(sum[:])); err != nil {
+		return
+	}
+	// Whatever comes back (Caddy's own close frame on a reload) is read
+	// and dropped; the end of it ends the writes too.
+	stop := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, br)
+		close(stop)
+	}()
+	flood := strings.Contains(req.URL.Path, "flood")
+	if flood {
+		c.(*net.TCPConn).SetWriteBuffer(64 << 10)
+	}
+	rng := mrand.New(mrand.NewPCG(uint64(id), 9))
+	var seq uint32
+	var rest []byte // the second part of a large frame
+	tick := time.NewTimer(0)
+	defer tick.Stop()
+	for {
+		buf := rest
+		rest = nil
+		for range 1 + rng.IntN(4) {
+			buf = wfAppend(buf, true, 0x2, false, rlPayload(seq, 16+rng.IntN(49)))
+			seq++
+		}
+		if rng.IntN(4) == 0 {
+			f := wfAppend(nil, true, 0x2, false, rlPayload(seq, 32<<10+rng.IntN(32<<10+1)))
+			seq++
+			cut := 1 + rng.IntN(len(f)-1)
+			if flood {
+				cut = len(f)
+			}
+			buf, rest = append(buf, f[:cut]...), f[cut:]
+		}
+		n, err := c.Write(buf)
+		if flood {
+			b.flooded.Add(int64(n))
+		}
+		if err != nil {
+			return
+		}
+		if flood {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			continue
+		}
+		tick.Reset(rlTick/2 + time.Duration(rng.Int64N(int64(rlTick))))
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// rlClient is one tunnel's client: a raw TCP connection that did the
+// handshake and then checks every frame it reads.
+type rlClient struct {
+	conn net.Conn
+	br   *bufio.Reader
+
+	// Set by read.
+	end       string // how the stream ended: rlEnd*
+	corrupt   string // why the stream is corrupted, "" if it is not
+	data      int    // complete data frames
+	nextSeq   uint32
+	closeSeen bool
+}
+
+// How a client's stream ended.
+const (
+	rlEndCloseFrame = "close frame 1001"
+	rlEndClean      = "TCP close at a frame boundary"
+	rlEndMidFrame   = "TCP close mid-frame" // no corrupted byte, frame cut short
+	rlEndReset      = "TCP reset"
+	rlEndOpen       = "still open"
+	rlEndError      = "read error"
+)
+
+// rlDial opens a WebSocket tunnel through Caddy; rcvbuf > 0 shrinks the
+// client's receive buffer.
+func rlDial(path string, rcvbuf int) (*rlClient, error) {
+	conn, err := net.DialTimeout("tcp", harnessAddr, harnessIO)
+	if err != nil {
+		return nil, err
+	}
+	if rcvbuf > 0 {
+		conn.(*net.TCPConn).SetReadBuffer(rcvbuf)
+	}
+	key := make([]byte, 16)
+	rand.Read(key)
+	conn.SetDeadline(time.Now().Add(harnessIO))
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+		path, harnessAddr, base64.StdEncoding.EncodeToString(key)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	br := bufio.NewReaderSize(conn, 64<<10)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		conn.Close()
+		return nil, fmt.Errorf("%s: %s", path, res.Status)
+	}
+	conn.SetDeadline(time.Time{})
+	return &rlClient{conn: conn, br: br}, nil
+}
+
+// rlDialAll opens n tunnels on prefix/0 .. prefix/n-1, a few at a time.
+func rlDialAll(t *testing.T, prefix string, n int) []*rlClient {
+	t.Helper()
+	clients := make([]*rlClient, n)
+	errs := make([]error, n)
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			clients[i], errs[i] = rlDial(fmt.Sprintf("%s/%d", prefix, i), 0)
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range clients {
+			if c != nil {
+				c.conn.Close()
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("opening %d tunnels on %s: %v", n, prefix, err)
+	}
+	return clients
+}
+
+// read reads the stream until it ends, checking each frame as it comes.
+func (c *rlClient) read() {
+	var pending []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.br.Read(buf)
+		if c.corrupt == "" {
+			pending = append(pending, buf[:n]...)
+			frames, rest := wfParse(pending)
+			for _, f := range frames {
+				if c.checkFrame(pending[f.start], f); c.corrupt != "" {
+					break
+				}
+			}
+			pending = append(pending[:0], pending[rest:]...)
+		}
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		switch {
+		case errors.Is(err, io.EOF):
+			switch {
+			case len(pending) > 0 && c.corrupt == "":
+				c.checkTail(pending)
+				c.end = rlEndMidFrame
+			case c.closeSeen:
+				c.end = rlEndCloseFrame
+			default:
+				c.end = rlEndClean
+			}
+		case errors.Is(err, syscall.ECONNRESET):
+			c.end = rlEndReset
+		case errors.As(err, &ne) && ne.Timeout():
+			c.end = rlEndOpen
+		default:
+			c.end = rlEndError + ": " + err.Error()
+		}
+		return
+	}
+}
+
+// checkFrame checks one complete frame; b0 is its first byte.
+func (c *rlClient) checkFrame(b0 byte, f wfFrame) {
+	switch {
+	case c.closeSeen:
+		c.corrupt = fmt.Sprintf("frame (opcode %#x) after the close frame", f.opcode)
+	case b0&0x70 != 0:
+		c.corrupt = fmt.Sprintf("RSV bits in %#x", b0)
+	case f.masked:
+		c.corrupt = "masked frame toward the client"
+	case f.opcode == 0x8:
+		if len(f.payload) != 2 || binary.BigEndian.Uint16(f.payload) != 1001 {
+			c.corrupt = fmt.Sprintf("close frame with payload %x", f.payload)
+		}
+		c.closeSeen = true
+	case f.opcode == 0x2 && f.fin:
+		if len(f.payload) < 16 || len(f.payload) > 64<<10 || !rlPayloadOK(c.nextSeq, f.payload) {
+			c.corrupt = fmt.Sprintf("data frame %d (%d bytes) is not the one sent", c.nextSeq, len(f.payload))
+		}
+		c.nextSeq++
+		c.data++
+	default:
+		c.corrupt = fmt.Sprintf("unexpected frame: FIN %v opcode %#x", f.fin, f.opcode)
+	}
+}
+
+// checkTail checks the partial frame a stream ended in: it must be the
+// start of the next data frame, or of the close frame (whose write may
+// have been cut short by a deadline).
+func (c *rlClient) checkTail(tail []byte) {
+	if c.closeSeen {
+		c.corrupt = fmt.Sprintf("%d bytes after the close frame", len(tail))
+		return
+	}
+	if bytes.HasPrefix(wfCaddyClose, tail) {
+		return
+	}
+	if tail[0] != 0x82 {
+		c.corrupt = fmt.Sprintf("partial frame starts with %#x", tail[0])
+		return
+	}
+	if len(tail) < 2 {
+		return
+	}
+	size, length, ok := frameHeader(tail)
+	switch {
+	case tail[1]&0x80 != 0:
+		c.corrupt = "masked partial frame toward the client"
+	case tail[1]&0x7f < 16:
+		c.corrupt = fmt.Sprintf("partial frame with length %d", tail[1]&0x7f)
+	case !ok:
+		// the rest of the header is missing
+	case length < 16 || length > 64<<10:
+		c.corrupt = fmt.Sprintf("partial frame with length %d", length)
+	case !rlPayloadOK(c.nextSeq, tail[size:]):
+		c.corrupt = fmt.Sprintf("partial data frame %d: its first %d payload bytes are not the ones sent", c.nextSeq, len(tail)-size)
+	}
+}
+
+// rlTally counts how a round's streams ended.
+type rlTally struct {
+	ends     map[string]int
+	corrupt  int
+	examples []string
+	data     int
+}
+
+func rlCount(clients []*rlClient) rlTally {
+	r := rlTally{ends: map[string]int{}}
+	for i, c := range clients {
+		r.ends[c.end]++
+		r.data += c.data
+		if c.corrupt != "" {
+			r.corrupt++
+			if len(r.examples) < 3 {
+				r.examples = append(r.examples, fmt.Sprintf("tunnel %d: %s (%s)", i, c.corrupt, c.end))
+			}
+		}
+	}
+	return r
+}
+
+func (r rlTally) String() string {
+	var parts []string
+	for _, e := range []string{rlEndCloseFrame, rlEndClean, rlEndMidFrame, rlEndReset, rlEndOpen} {
+		if n := r.ends[e]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, e))
+		}
+	}
+	for e, n := range r.ends {
+		if strings.HasPrefix(e, rlEndError) {
+			parts = append(parts, fmt.Sprintf("%d %s", n, e))
+		}
+	}
+	return fmt.Sprintf("%s; %d corrupted %v; %d data frames checked", strings.Join(parts, ", "), r.corrupt, r.examples, r.data)
+}
+
+// rlConfig routes /up/* through upgrade (delegating to its proxy) and
+// /stock/* through a bare reverse_proxy, both to backend, without
+// stream_close_delay: a reload closes their tunnels at once.
+func rlConfig(backend, version string) string {
+	return caddyfileConfig(site(fmt.Sprintf(`
+	handle /up/* {
+		upgrade websocket {
+			to %[1]s
+		}
+	}
+	handle /stock/* {
+		reverse_proxy %[1]s
+	}
+	handle /version {
+		respond "%[2]s"
+	}`, backend, version)))
+}
+
+// rlPostLoad posts a Caddyfile to the admin API's /load and returns how
+// long it took; it may run outside the test goroutine.
+func rlPostLoad(config string) (time.Duration, error) {
+	start := time.Now()
+	res, err := (&http.Client{Timeout: time.Minute}).Post("http://"+harnessAdmin+"/load", "text/caddyfile", strings.NewReader(config))
+	if err != nil {
+		return time.Since(start), err
+	}
+	defer res.Body.Close()
+	msg, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		return time.Since(start), fmt.Errorf("%s: %s", res.Status, msg)
+	}
+	return time.Since(start), nil
+}
+
+// rlReloadRound opens rlTunnels tunnels under prefix, lets the backend
+// send for a while, reloads to a changed config, and returns how each
+// stream ended and how long /load took.
+func rlReloadRound(t *testing.T, backend *rlBackend, prefix, version string) (rlTally, time.Duration) {
+	t.Helper()
+	clients := rlDialAll(t, prefix, rlTunnels)
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Go(c.read)
+	}
+	time.Sleep(rlTraffic)
+	took, err := rlPostLoad(rlConfig(backend.Addr(), version))
+	if err != nil {
+		t.Fatalf("reload to %s: %v", version, err)
+	}
+	deadline := time.Now().Add(rlCloseBound)
+	for _, c := range clients {
+		c.conn.SetReadDeadline(deadline)
+	}
+	wg.Wait()
+	for _, c := range clients {
+		c.conn.Close()
+	}
+	return rlCount(clients), took
+}
+
+// TestReloadCloseFramesIntact reloads the config while hundreds of
+// WebSocket tunnels carry data, and checks every stream the clients read:
+// through upgrade, no frame is corrupted, and a stream ends with Caddy's
+// close frame (1001) after its last data frame, or with a TCP close (FIN)
+// without a wrong byte: at a frame boundary, or cut short in the middle of
+// a frame when none came in time (Caddy may also close the backend side
+// first, and the client's with it, before its close frame). The
+// same rounds through a bare reverse_proxy are the baseline, whose
+// corrupted tunnels are counted, not failed, and must show at least once so
+// that the check cannot go blind.
+func TestReloadCloseFramesIntact(t *testing.T) {
+	backend := newRLBackend(t)
+	loadCaddyRaw(t, rlConfig(backend.Addr(), "r0"), "caddyfile")
+	version := 0
+	reload := func(t *testing.T, prefix string, round int) rlTally {
+		t.Helper()
+		version++
+		tally, took := rlReloadRound(t, backend, fmt.Sprintf("%s/r%d", prefix, round), fmt.Sprintf("r%d", version))
+		t.Logf("round %d: /load took %v; %d tunnels: %v", round, took.Round(time.Millisecond), rlTunnels, tally)
+		if took > rlLoadBound {
+			t.Errorf("round %d: /load took %v, more than %v", round, took, rlLoadBound)
+		}
+		return tally
+	}
+
+	t.Run("upgrade", func(t *testing.T) {
+		for round := range rlRounds {
+			tally := reload(t, "/up", round)
+			if tally.corrupt > 0 {
+				t.Errorf("round %d: %d of %d tunnels corrupted by the reload: %v", round, tally.corrupt, rlTunnels, tally.examples)
+			}
+			for end, n := range tally.ends {
+				switch end {
+				case rlEndCloseFrame, rlEndClean, rlEndMidFrame:
+				default:
+					t.Errorf("round %d: %d tunnels ended with %s", round, n, end)
+				}
+			}
+		}
+	})
+
+	t.Run("stock reverse_proxy", func(t *testing.T) {
+		corrupted := 0
+		for round := range rlRounds {
+			corrupted += reload(t, "/stock", round).corrupt
+		}
+		t.Logf("stock reverse_proxy: %d of %d tunnels corrupted over %d reloads", corrupted, rlRounds*rlTunnels, rlRounds)
+		if corrupted == 0 {
+			t.Errorf("no tunnel through stock reverse_proxy was corrupted in %d reloads: the check may have gone blind", rlRounds)
+		}
+	})
+}
+
+// TestReloadSlowReader: a client that stopped reading, its receive buffer
+// full and the backend still sending, must not stall the reload: /load
+// returns within rlLoadBound, the other tunnels get their close frames, and
+// the slow client's connection is closed. (Stock Caddy blocks its close
+// frame write behind the copy's, and the reload with it; that is logged.)
+func TestReloadSlowReader(t *testing.T) {
+	backend := newRLBackend(t)
+	loadCaddyRaw(t, rlConfig(backend.Addr(), "s0"), "caddyfile")
+	for i, prefix := range []string{"/up", "/stock"} {
+		stock := prefix == "/stock"
+		slow, err := rlDial(prefix+"/flood", 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { slow.conn.Close() })
+		readers := rlDialAll(t, prefix+"/slow-reader-peers", 5)
+		var wg sync.WaitGroup
+		for _, c := range readers {
+			wg.Go(c.read)
+		}
+		// Wait until the flood is held up: every buffer on the way full.
+		last, still := backend.flooded.Load(), time.Now()
+		for time.Since(still) < 300*time.Millisecond {
+			time.Sleep(50 * time.Millisecond)
+			if n := backend.flooded.Load(); n != last {
+				last, still = n, time.Now()
+			}
+			if time.Since(still) > 10*time.Second {
+				t.Fatal("the backend's flood never stopped: is the slow client reading?")
+			}
+		}
+
+		type result struct {
+			took time.Duration
+			err  error
+		}
+		loaded := make(chan result, 1)
+		go func() {
+			took, err := rlPostLoad(rlConfig(backend.Addr(), fmt.Sprintf("s%d", i+1)))
+			loaded <- result{took, err}
+		}()
+		var r result
+		stalled := false
+		bound := rlLoadBound
+		if stock {
+			bound = rlStockLoadBound
+		}
+		select {
+		case r = <-loaded:
+		case <-time.After(bound):
+			stalled = true
+			// Unblock the reload: the peer goes away.
+			slow.conn.Close()
+			r = <-loaded
+		}
+		if r.err != nil {
+			t.Fatalf("%s: reload: %v", prefix, r.err)
+		}
+		if stock {
+			if stalled {
+				t.Logf("stock reverse_proxy: /load stalled behind the slow reader until it closed (%v)", r.took.Round(time.Millisecond))
+			} else {
+				t.Logf("stock reverse_proxy: /load took %v with a slow reader", r.took.Round(time.Millisecond))
+			}
+		} else if stalled {
+			t.Errorf("%s: /load did not return within %v with a client that stopped reading (returned %v after that client closed)", prefix, rlLoadBound, r.took.Round(time.Millisecond))
+		} else {
+			t.Logf("%s: /load took %v with a slow reader", prefix, r.took.Round(time.Millisecond))
+		}
+
+		deadline := time.Now().Add(rlCloseBound)
+		for _, c := range readers {
+			c.conn.SetReadDeadline(deadline)
+		}
+		wg.Wait()
+		tally := rlCount(readers)
+		t.Logf("%s: the slow client's peers: %v", prefix, tally)
+
+		if !stalled {
+			slow.conn.SetReadDeadline(deadline)
+			slow.read()
+			t.Logf("%s: slow client: %s after %d data frames, corrupted: %q", prefix, slow.end, slow.data, slow.corrupt)
+			if !stock {
+				switch slow.end {
+				case rlEndCloseFrame, rlEndClean, rlEndMidFrame, rlEndReset:
+				default:
+					t.Errorf("%s: the slow client's connection: %s %v after the reload", prefix, slow.end, rlCloseBound)
+				}
+				if slow.corrupt != "" {
+					t.Errorf("%s: the slow client's stream is corrupted: %s", prefix, slow.corrupt)
+				}
+			}
+		}
+		slow.conn.Close()
+		if !stock && tally.corrupt > 0 {
+			t.Errorf("%s: %d tunnels corrupted by the reload: %v", prefix, tally.corrupt, tally.examples)
+		}
+		if !stock && tally.ends[rlEndOpen] > 0 {
+			t.Errorf("%s: %d tunnels still open %v after the reload", prefix, tally.ends[rlEndOpen], rlCloseBound)
+		}
+	}
+}
