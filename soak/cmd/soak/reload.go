@@ -165,7 +165,7 @@ func reloadDuring(ctx context.Context, e *env, r *scenarioResult, p reloadParams
 	}
 	r.note("%d reloads (changed and identical alternately), POST /load took %s", r.reloads, took.summary())
 	if dropped > 0 {
-		r.note("GET /generation right after a reload: %d request(s) dropped with EOF by the old server and retried (net/http reload race)", dropped)
+		r.note("GET /generation right after a reload: %d request(s) got no answer and were retried (Caddy's reload race, soak/repro/reload-eof.sh)", dropped)
 	}
 	return nil
 }
