@@ -3,18 +3,10 @@ package upgrade
 import (
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-)
-
-// Placeholders set for every request this handler sees (SPEC §7).
-const (
-	placeholderOffered  = "http.upgrade.offered"
-	placeholderProtocol = "http.upgrade.protocol"
-	placeholderOutcome  = "http.upgrade.outcome"
 )
 
 // refusal is an answer the handler gives instead of passing the request on.
@@ -66,7 +58,7 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, label stri
 // record publishes a refusal: the outcome placeholder, the metric (when
 // label is not "": requests without an offer are not counted) and the log.
 func (h *Handler) record(repl *caddy.Replacer, label string, ref refusal) {
-	repl.Set(placeholderOutcome, outcomeValues[ref.outcome])
+	setOutcome(repl, ref.outcome)
 	if label != "" {
 		countRequest(label, ref.outcome)
 	}
@@ -76,33 +68,4 @@ func (h *Handler) record(repl *caddy.Replacer, label string, ref refusal) {
 			zap.Stringer("outcome", ref.outcome),
 			zap.String("reason", ref.reason))
 	}
-}
-
-// setPlaceholders publishes the offer and the verdict; outcome is updated
-// again if the answer later fails (backend_invalid). A malformed offer
-// (present false) is still published as received, for the access log.
-func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict, malformed bool) {
-	offered := ""
-	if o.present() || malformed {
-		offered = offeredAsReceived(r)
-	}
-	selected := ""
-	if v.outcome == outcomeAccepted {
-		selected = v.selected.String()
-	}
-	repl.Set(placeholderOffered, offered)
-	repl.Set(placeholderProtocol, selected)
-	repl.Set(placeholderOutcome, outcomeValues[v.outcome])
-}
-
-// offeredAsReceived is the raw offer: the Upgrade lines joined, or the
-// extended CONNECT :protocol.
-func offeredAsReceived(r *http.Request) string {
-	switch r.ProtoMajor {
-	case 1:
-		return strings.Join(r.Header["Upgrade"], ", ")
-	case 2:
-		return strings.Join(r.Header[":protocol"], ", ")
-	}
-	return r.Proto
 }
