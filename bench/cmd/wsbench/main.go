@@ -200,6 +200,9 @@ func measureRSS(cfg *config, order []target, rep int, res *results) error {
 		for i, n := range cfg.tunnelSteps {
 			if i < 2 {
 				res.add(t.key, rssMetric(i), per[i])
+				if per[i] > 0 {
+					res.add(t.key, perGiBMetric(i), kibPerGiB/per[i])
+				}
 			}
 			line = append(line, fmt.Sprintf("@%d %.1f KiB", n, per[i]))
 		}
@@ -215,6 +218,7 @@ func measureRSS(cfg *config, order []target, rep int, res *results) error {
 // on a shared machine.
 func measurePerf(cfg *config, order []target, rep int, res *results) error {
 	var running []*proc
+	procOf := map[string]*proc{} // by target key; none for direct
 	defer func() {
 		for _, p := range running {
 			p.stop()
@@ -227,6 +231,7 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 		}
 		if p != nil {
 			running = append(running, p)
+			procOf[t.key] = p
 		}
 		if t.module {
 			addr := fmt.Sprintf("127.0.0.1:%d", t.port)
@@ -247,11 +252,27 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 		run     func(t target) (string, error)
 	}
 	steps := []step{
-		{"handshakes", []metricKey{mHandshakes}, func(t target) (string, error) {
+		{"handshakes", []metricKey{mHandshakes, mCPUConn}, func(t target) (string, error) {
 			wsURL, _ := urls(t)
-			hs, err := handshakes(wsURL, 32, cfg.dur)
+			p := procOf[t.key]
+			var cpu0 uint64
+			if p != nil {
+				cpu0 = groupCPUTicks(p.pid())
+			}
+			hs, n, err := handshakes(wsURL, 32, cfg.dur)
 			res.add(t.key, mHandshakes, hs)
-			return fmt.Sprintf("%.0f/s", hs), err
+			cpu1 := cpu0
+			if p != nil {
+				cpu1 = groupCPUTicks(p.pid())
+			}
+			// cpu1 < cpu0: a process of the group exited, taking its time.
+			if p == nil || n == 0 || cpu1 < cpu0 {
+				return fmt.Sprintf("%.0f/s", hs), err
+			}
+			// USER_HZ ticks (10 ms each) over every connection served.
+			us := float64(cpu1-cpu0) * 1e6 / userHZ / float64(n)
+			res.add(t.key, mCPUConn, us)
+			return fmt.Sprintf("%.0f/s %.0f µs CPU/conn", hs, us), err
 		}},
 		{"tunnel MB/s", []metricKey{mMBps}, func(t target) (string, error) {
 			wsURL, _ := urls(t)
@@ -305,7 +326,7 @@ func urls(t target) (wsURL, getURL string) {
 // warmUp opens a few WebSockets and sends a few GETs, so that the first
 // measurement does not pay for lazy initialisation.
 func warmUp(wsURL, getURL string) error {
-	if _, err := handshakes(wsURL, 4, 150*time.Millisecond); err != nil {
+	if _, _, err := handshakes(wsURL, 4, 150*time.Millisecond); err != nil {
 		return fmt.Errorf("warm-up handshakes: %v", err)
 	}
 	if _, err := gets(getURL, 4, 150*time.Millisecond); err != nil {

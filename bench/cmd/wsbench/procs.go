@@ -209,6 +209,25 @@ func groupRSSKiB(pid int) (int64, error) {
 	return total, nil
 }
 
+// userHZ is the unit of the CPU times in /proc/<pid>/stat (USER_HZ,
+// 100 on Linux whatever the kernel's HZ).
+const userHZ = 100
+
+// groupCPUTicks sums utime+stime, in USER_HZ ticks, over pid and all its
+// descendants (nginx's workers): the CPU time the proxy has used so far.
+// Each process's figure covers all its threads, those gone included.
+func groupCPUTicks(pid int) uint64 {
+	var total uint64
+	for _, p := range descendants(pid) {
+		if f := procStatFields(p); len(f) > 12 {
+			u, _ := strconv.ParseUint(f[11], 10, 64)
+			k, _ := strconv.ParseUint(f[12], 10, 64)
+			total += u + k
+		}
+	}
+	return total
+}
+
 // cpuSample is a snapshot for telling this benchmark's CPU use from that
 // of other processes on the machine (the VM is shared).
 type cpuSample struct {
@@ -256,8 +275,7 @@ func takeCPUSample() cpuSample {
 // foreignCPU is the share of all CPUs, in percent, that other processes
 // used (and the hypervisor stole) between a and b.
 func foreignCPU(a, b cpuSample, ncpu int) (other, steal float64) {
-	const hz = 100 // USER_HZ
-	total := b.at.Sub(a.at).Seconds() * hz * float64(ncpu)
+	total := b.at.Sub(a.at).Seconds() * userHZ * float64(ncpu)
 	if total <= 0 {
 		return 0, 0
 	}
