@@ -500,7 +500,8 @@ func TestReloadCloseFramesIntact(t *testing.T) {
 		version++
 		tally, took := rlReloadRound(t, backend, fmt.Sprintf("%s/r%d", prefix, round), fmt.Sprintf("r%d", version))
 		t.Logf("round %d: /load took %v; %d tunnels: %v", round, took.Round(time.Millisecond), rlTunnels, tally)
-		if took > rlLoadBound {
+		// Stock Caddy's reload time is the baseline's own business.
+		if took > rlLoadBound && prefix == "/up" {
 			t.Errorf("round %d: /load took %v, more than %v", round, took, rlLoadBound)
 		}
 		return tally
@@ -515,6 +516,10 @@ func TestReloadCloseFramesIntact(t *testing.T) {
 			for end, n := range tally.ends {
 				switch end {
 				case rlEndCloseFrame, rlEndClean, rlEndMidFrame:
+				case rlEndReset:
+					// A frame that did not complete within the bound
+					// (closeFrameWait): reset, not corrupted.
+					t.Logf("round %d: %d tunnels reset after a frame stayed incomplete", round, n)
 				default:
 					t.Errorf("round %d: %d tunnels ended with %s", round, n, end)
 				}

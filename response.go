@@ -104,7 +104,7 @@ func (t *guardedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	if reason == "" {
 		if rwc, ok := res.Body.(io.ReadWriteCloser); ok && res.StatusCode == http.StatusSwitchingProtocols && e.tunnel != nil {
-			res.Body = &backendBody{rwc: rwc, t: e.tunnel}
+			res.Body = newBackendBody(rwc, e.tunnel)
 		}
 		return res, nil
 	}

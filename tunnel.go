@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -54,6 +55,80 @@ type tunnel struct {
 	timers   []*time.Timer
 	lastSeen atomic.Int64                  // unix nanoseconds of the latest byte, either way
 	metrics  atomic.Pointer[tunnelMetrics] // set once the tunnel opens
+
+	// up and down order the writes into each direction (client to
+	// backend, backend to client): the copy loops' data, and Caddy's
+	// close frame on a reload, which must not land inside a WebSocket
+	// frame. nil for other protocols.
+	up, down *frameGate
+	closing  atomic.Int64 // unix nanoseconds of the first close frame from outside the loops
+}
+
+// closeFrameWait bounds how long a close frame from outside the copy
+// loops (Caddy's, on a reload) waits for a frame boundary, and then its
+// write: a tunnel mid-frame, or a peer that stopped reading, is closed
+// instead after that, and the reload goes on.
+const closeFrameWait = time.Second
+
+// outsideWrite writes p, a close frame from Caddy on a reload, through
+// gate at a frame boundary, in the background; wrote accounts for the
+// bytes. It reports p written: the write is best effort, as Caddy treats
+// it. Caddy writes the close frames and closes, tunnel after tunnel,
+// holding its connection list: waiting for each tunnel's frame boundary
+// in turn would add the waits up (seconds for a few hundred tunnels); in
+// the background they overlap, and the reload goes on at once.
+func (t *tunnel) outsideWrite(gate *frameGate, w io.Writer, p []byte, wrote func(int)) (int, error) {
+	t.closing.CompareAndSwap(0, time.Now().UnixNano())
+	buf := bytes.Clone(p)
+	go func() {
+		n, _ := gate.outsideWrite(w, buf, closeFrameWait)
+		wrote(n)
+	}()
+	return len(p), nil
+}
+
+// closeSide closes one side of the tunnel with closeNow. While a reload
+// closes the tunnel, that waits, in the background, until both directions
+// carried their close frame: closing either side earlier would cut the
+// other direction's frame in flight. After 2×closeFrameWait it closes with
+// reset set instead: a peer that stopped reading gets a reset rather than
+// a connection the kernel gives up on in silence, its unsent bytes held.
+func (t *tunnel) closeSide(closeNow func(reset bool) error) error {
+	start := t.closing.Load()
+	if start == 0 {
+		return closeNow(false)
+	}
+	go func() {
+		timer := time.NewTimer(time.Until(time.Unix(0, start).Add(2 * closeFrameWait)))
+		defer timer.Stop()
+		for _, sent := range []<-chan struct{}{t.up.closeSent(), t.down.closeSent()} {
+			select {
+			case <-sent:
+			case <-timer.C:
+				closeNow(true)
+				return
+			}
+		}
+		closeNow(false)
+	}()
+	return nil
+}
+
+// closeConn closes c, with a reset (no linger) if asked and c is TCP,
+// under Caddy's hijacked-connection wrapper or not.
+func closeConn(c io.Closer, reset bool) error {
+	if reset {
+		inner := any(c)
+		if r, ok := c.(io.Reader); ok {
+			if hc, ok := caddyHijackedConn(r); ok {
+				inner = hc
+			}
+		}
+		if tc, ok := inner.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+	}
+	return c.Close()
 }
 
 // start arms the timeouts and counts the tunnel as open: the switch went
@@ -167,10 +242,14 @@ func (c *tunnelConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write is for writes from outside the copy loops: Caddy's close frame.
 func (c *tunnelConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.t.carried(n, false)
-	return n, err
+	if c.t.down == nil {
+		n, err := c.Conn.Write(p)
+		c.t.carried(n, false)
+		return n, err
+	}
+	return c.t.outsideWrite(c.t.down, c.Conn, p, func(n int) { c.t.carried(n, false) })
 }
 
 // CloseWrite keeps half-close working: Caddy's copier forwards a clean EOF
@@ -183,9 +262,11 @@ func (c *tunnelConn) CloseWrite() error {
 }
 
 func (c *tunnelConn) Close() error {
-	err := c.Conn.Close()
-	c.closeOnce.Do(c.t.close)
-	return err
+	return c.t.closeSide(func(reset bool) error {
+		err := closeConn(c.Conn, reset)
+		c.closeOnce.Do(c.t.close)
+		return err
+	})
 }
 
 // countingBody marks an extended CONNECT tunnel active on every byte the

@@ -61,11 +61,15 @@ func (t *tunnel) pump(dst io.Writer, src io.Reader, upstream bool) (int64, error
 	w, wentPastW := loopWriter(dst)
 	s, wentPastR := sourceOf(src)
 	account := wentPastW || wentPastR
+	gate := t.down
+	if upstream {
+		gate = t.up
+	}
 	var written int64
 	for {
 		bp, n, rerr := s.next()
 		if n > 0 {
-			nw, werr := w.Write((*bp)[:n])
+			nw, werr := gate.loopWrite(w, (*bp)[:n])
 			written += int64(nw)
 			if account {
 				t.carried(nw, upstream)
@@ -260,11 +264,38 @@ func (s *source) next() (bp *[]byte, n int, err error) {
 type backendBody struct {
 	rwc io.ReadWriteCloser
 	t   *tunnel
+	// conn is the backend connection under rwc, where writes from outside
+	// the loops go: unlike rwc it takes a write deadline.
+	conn io.Writer
 }
 
-func (b *backendBody) Read(p []byte) (int, error)  { return b.rwc.Read(p) }
-func (b *backendBody) Write(p []byte) (int, error) { return b.rwc.Write(p) }
-func (b *backendBody) Close() error                { return b.rwc.Close() }
+func newBackendBody(rwc io.ReadWriteCloser, t *tunnel) *backendBody {
+	b := &backendBody{rwc: rwc, t: t, conn: rwc}
+	if _, conn, ok := switchedBody(rwc); ok {
+		b.conn = conn
+	}
+	return b
+}
+
+func (b *backendBody) Read(p []byte) (int, error) { return b.rwc.Read(p) }
+
+// Write is for writes from outside the copy loops: Caddy's close frame,
+// and bytes a client sent right behind its request.
+func (b *backendBody) Write(p []byte) (int, error) {
+	if b.t.up == nil {
+		return b.conn.Write(p)
+	}
+	return b.t.outsideWrite(b.t.up, b.conn, p, func(int) {})
+}
+
+func (b *backendBody) Close() error {
+	return b.t.closeSide(func(reset bool) error {
+		if c, ok := b.conn.(io.Closer); ok && reset {
+			closeConn(c, true) // the body's Close closes it too
+		}
+		return b.rwc.Close()
+	})
+}
 
 // CloseWrite forwards a client's half-close to the backend.
 func (b *backendBody) CloseWrite() error {

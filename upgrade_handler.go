@@ -66,17 +66,20 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 			reason: "too many open tunnels (max_connections)"})
 	}
 	ctx, cancel := context.WithCancel(r.Context())
+	ws := isWebSocket(v.entry)
 	t := &tunnel{limit: h.tunnels, cancel: cancel, label: label,
-		idle: time.Duration(h.IdleTimeout), maxLife: time.Duration(h.MaxDuration)}
+		idle: time.Duration(h.IdleTimeout), maxLife: time.Duration(h.MaxDuration),
+		up: newFrameGate(ws), down: newFrameGate(ws)}
 	defer t.finish()
 
 	rewriteAccepted(r, o, v, h.websocket.subprotocols)
 	exp := &expectation{
 		selected:        forwardedProtocol(o, v),
-		websocket:       isWebSocket(v.entry),
+		websocket:       ws,
 		extendedConnect: o.extendedConnect,
 		clientHeader:    r.Header,
 		label:           label,
+		tunnel:          t,
 	}
 	r = r.WithContext(context.WithValue(ctx, expectationKey{}, exp))
 	if o.extendedConnect {

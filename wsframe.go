@@ -174,6 +174,8 @@ type frameGate struct {
 	granted chan struct{} // loop to outside: the stream is yours
 	done    chan struct{} // outside to loop: finished, the stream is back
 	outside sync.Mutex    // one outside writer at a time
+	// sent is closed once a close frame went out (closed became true).
+	sent chan struct{}
 }
 
 const (
@@ -193,7 +195,23 @@ func newFrameGate(websocket bool) *frameGate {
 	if !websocket {
 		return nil
 	}
-	return &frameGate{granted: make(chan struct{}, 1), done: make(chan struct{}, 1)}
+	return &frameGate{granted: make(chan struct{}, 1), done: make(chan struct{}, 1), sent: make(chan struct{})}
+}
+
+// closedGate stands for a disabled gate's closeSent: no frames to wait for.
+var closedGate = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// closeSent is closed once an outside writer's close frame went out, so
+// that no frame is in flight in this direction any more.
+func (g *frameGate) closeSent() <-chan struct{} {
+	if g == nil {
+		return closedGate
+	}
+	return g.sent
 }
 
 // loopWrite writes p, the copy loop's next chunk, to w. When an outside
@@ -329,8 +347,9 @@ func (g *frameGate) write(w io.Writer, p []byte, wait time.Duration) (int, error
 	}
 	n, err := w.Write(p)
 	g.t.advance(p[:n])
-	if n > 0 && hasCloseFrame(p[:n]) {
+	if n > 0 && hasCloseFrame(p[:n]) && !g.closed {
 		g.closed = true
+		close(g.sent)
 	}
 	return n, err
 }
