@@ -141,6 +141,7 @@ func TestOpsMaxConnectionsUnderLoad(t *testing.T) {
 			to %s
 		}
 	}`, max, addr)))
+	guardLeaks(t)
 	openBefore := settledOpenTunnels(t, "websocket")
 	metricsBefore := scrapeAdminMetrics(t)
 	accepted, refused := 0, 0 // every tunnel and every 503 the clients saw
@@ -508,6 +509,7 @@ func TestOpsHalfCloseAndTimeouts(t *testing.T) {
 			stream_timeout 10s
 		}
 	}`, echoBye.Addr(), holder.Addr())))
+	guardLeaks(t)
 	openBefore := map[string]float64{"websocket": settledOpenTunnels(t, "websocket"), "foo": settledOpenTunnels(t, "foo")}
 
 	for _, route := range []string{"/half/proxy", "/half/policy"} {

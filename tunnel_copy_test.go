@@ -138,6 +138,7 @@ func waitBufsOut(t *testing.T, want int64, what string) {
 func TestLeanTunnelEchoIntegrity(t *testing.T) {
 	backend := newSwitchBackend(t)
 	loadLeanRoutes(t, backend.addr(), true)
+	guardLeaks(t)
 	base := copyBufsOut.Load()
 	for _, route := range []string{"/proxy/x", "/policy/x"} {
 		t.Run(route, func(t *testing.T) {
@@ -186,6 +187,9 @@ func TestLeanTunnelIdleHoldsNoBuffer(t *testing.T) {
 	backend := newSwitchBackend(t)
 	for _, logged := range []bool{false, true} {
 		loadLeanRoutes(t, backend.addr(), logged)
+		if logged {
+			guardLeaks(t)
+		}
 		base := copyBufsOut.Load()
 		for _, route := range []string{"/proxy/x", "/policy/x"} {
 			what := fmt.Sprintf("%s (access log %v): 100 idle tunnels", route, logged)
