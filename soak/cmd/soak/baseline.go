@@ -125,7 +125,10 @@ func (s *sampler) loop() {
 		}
 		rss, _ := procStatusKiB(s.e.caddy.pid(), "VmRSS")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		g, _ := s.e.goroutines(ctx)
+		// go_goroutines, not the goroutine profile: with tens of thousands
+		// of goroutines the profile stops Caddy's world for a while, which
+		// the echo latencies would show.
+		g, _ := s.e.metricSum(ctx, "go_goroutines")
 		cancel()
 		s.mu.Lock()
 		s.rssKiB = max(s.rssKiB, rss)

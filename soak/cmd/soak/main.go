@@ -37,6 +37,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +45,7 @@ import (
 
 type config struct {
 	caddy, echo, profile, out, only string
+	cpuProfile                      string
 	basePort                        int
 	bound                           time.Duration // the whole soak; past it, it fails
 
@@ -102,6 +104,7 @@ func parseFlags() *config {
 	flag.StringVar(&cfg.echo, "echo", "bin/echo", "the WebSocket echo backend")
 	flag.StringVar(&cfg.out, "out", "", "also write the results as Markdown to this file")
 	flag.StringVar(&cfg.only, "only", "", "comma-separated scenarios to run (reload,close,backend,hostile,flood); default all")
+	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write the soak process's own CPU profile here (to see what the clients cost)")
 	flag.IntVar(&cfg.basePort, "port", 18960, "Caddy listens here, the backend on port+1, the admin API on port+2")
 	flag.DurationVar(&cfg.bound, "bound", 0, "fail if the whole soak takes longer")
 	flag.IntVar(&cfg.tunnels, "tunnels", 0, "reload: concurrent WebSockets")
@@ -191,7 +194,15 @@ func main() {
 		os.Exit(1)
 	}()
 
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+	}
 	err := run(cfg)
+	pprof.StopCPUProfile()
 	killAll()
 	if err != nil {
 		logf("FAIL: %v", err)
@@ -331,8 +342,10 @@ func runScenarios(e *env, cfg *config) (*results, error) {
 		s.reset()
 		logf("== %s", sc.title)
 		t0 := time.Now()
+		cpu0 := takeCPU(e.watched())
 		r.err = sc.run(ctx, e, r)
 		r.elapsed = time.Since(t0)
+		r.note("%s", cpuSince(cpu0, e.watched()))
 		r.peakRSSKiB, r.peakGoroutines = s.peaks()
 		after, serr := e.settle(ctx, base, cfg.settle)
 		r.after = after

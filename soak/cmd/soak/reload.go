@@ -48,6 +48,14 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 	r.concurrent = int64(p.tunnels)
 	r.note("%d tunnels open in %v", p.tunnels, time.Since(t0).Round(100*time.Millisecond))
 
+	if p.keepsTunnels() {
+		// The module's gauge must count every tunnel, and keep counting
+		// them across reloads (reloadDuring checks again after each).
+		if err := waitGauge(ctx, e, float64(p.tunnels), 5*time.Second); err != nil {
+			closeAll(conns)
+			return err
+		}
+	}
 	stop := make(chan struct{})
 	wg := run.start(clients, conns, stop)
 	start := time.Now()
@@ -160,6 +168,11 @@ func reloadDuring(ctx context.Context, e *env, r *scenarioResult, p reloadParams
 		dropped += n
 		if err != nil {
 			return fmt.Errorf("reload %d: %v", i, err)
+		}
+		if p.keepsTunnels() {
+			if err := waitGauge(ctx, e, float64(p.tunnels), 2*time.Second); err != nil {
+				return fmt.Errorf("reload %d: %v", i, err)
+			}
 		}
 		r.reloads++
 	}
