@@ -91,7 +91,7 @@ var profiles = map[string]config{
 		limit: 2000,
 		slow:  1000, mute: 200, nonReaders: 50, halfClosers: 100, normal: 16,
 		hostileDuration: 30 * time.Second, latencyBound: 200 * time.Millisecond,
-		floodLimit: 2000, floodDuration: 30 * time.Second,
+		floodLimit: 1000, floodDuration: 30 * time.Second,
 		readHeader: 5 * time.Second, tunnelIdleTimeout: 5 * time.Second,
 		settle: 30 * time.Second,
 	},

@@ -23,6 +23,21 @@ type reloadParams struct {
 // keepsTunnels reports whether no tunnel may close during the run.
 func (p reloadParams) keepsTunnels() bool { return p.closeDelay > p.duration }
 
+// sweepPerTunnel is what the bound on closes after a reload allows for each
+// open tunnel. Caddy's reverse proxy closes an old config's tunnels one at
+// a time, under a lock, each Close waiting for that tunnel's goroutine to
+// run (closeConnections), while every closed client reconnects at once: on
+// this 2-core machine 9,000 tunnels took up to ~13 s to close, and a
+// tunnel whose backend side went first is silent until its client side is
+// reached (soak/repro/closesweep reproduces both with stock Caddy).
+const sweepPerTunnel = 2 * time.Millisecond
+
+// closeWithin bounds how long after a reload an old tunnel may stay open,
+// and how long a message may go without echo or close in scenario 2.
+func (p reloadParams) closeWithin() time.Duration {
+	return p.closeDelay + closeBound + time.Duration(p.tunnels)*sweepPerTunnel
+}
+
 func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) error {
 	site := siteConfig{Generation: e.site.Generation + 1, CloseDelay: p.closeDelay}
 	if err := e.load(ctx, site, false); err != nil {
@@ -37,6 +52,7 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 		run.reconnect = true
 		run.closeOK = func(kind string) bool { return kind == "close-1001" || kind == "fin" }
 		run.onClose = reloads.closed
+		run.overdue = max(run.overdue, p.closeWithin())
 	}
 
 	t0 := time.Now()
@@ -77,7 +93,7 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 	r.note("tunnels closed under the clients: %d (%s); reconnects: %d", run.closes.total(), run.closes.String(), run.reconnects.Load())
 	r.note("the clients' closing handshakes at the end: %s", run.finalCloses.String())
 	if !p.keepsTunnels() {
-		r.note("closes after the reload before them: %s (stream_close_delay %v)", reloads.sinceReload.summary(), p.closeDelay)
+		r.note("closes after the reload before them: %s (stream_close_delay %v, bound %v)", reloads.sinceReload.summary(), p.closeDelay, p.closeWithin())
 	}
 
 	if err := fail.err(); err != nil {
@@ -93,14 +109,14 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 		return fmt.Errorf("only %d tunnels closed over %d reloads of %d tunnels", run.closes.total(), p.reloads, p.tunnels)
 	}
 	if !p.keepsTunnels() {
-		return reloads.checkDelay(p.closeDelay)
+		return reloads.checkDelay(p.closeDelay, p.closeWithin())
 	}
 	return nil
 }
 
 // reloadLog keeps when each reload started, and how long after the latest
 // one each tunnel closed: stream_close_delay must hold the old tunnels
-// open that long, and no longer than the delay plus closeBound.
+// open that long, and they must close within closeWithin.
 type reloadLog struct {
 	mu          sync.Mutex
 	starts      []time.Time
@@ -130,7 +146,7 @@ func (l *reloadLog) closed(at time.Time) {
 	l.sinceReload.add(at.Sub(latest))
 }
 
-func (l *reloadLog) checkDelay(delay time.Duration) error {
+func (l *reloadLog) checkDelay(delay, within time.Duration) error {
 	l.mu.Lock()
 	early := l.early
 	l.mu.Unlock()
@@ -138,8 +154,8 @@ func (l *reloadLog) checkDelay(delay time.Duration) error {
 	if early > 0 || p[0] < delay {
 		return fmt.Errorf("tunnels closed before stream_close_delay %v had passed since a reload (%d before any reload, earliest %v after one)", delay, early, round(p[0]))
 	}
-	if slowest > delay+closeBound {
-		return fmt.Errorf("a tunnel closed %v after a reload, past stream_close_delay %v + %v", round(slowest), delay, closeBound)
+	if slowest > within {
+		return fmt.Errorf("a tunnel closed %v after a reload, past the bound %v", round(slowest), within)
 	}
 	return nil
 }
