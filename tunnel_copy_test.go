@@ -93,11 +93,15 @@ func (b *switchBackend) close() {
 // Caddy wraps hijacked connections to count their bytes.
 func loadLeanRoutes(t *testing.T, backend string, logged bool) {
 	t.Helper()
+	loadCaddyfile(t, leanSites(backend, logged))
+}
+
+func leanSites(backend string, logged bool) string {
 	log := ""
 	if logged {
 		log = "log {\n\t\toutput discard\n\t}"
 	}
-	loadCaddyfile(t, site(fmt.Sprintf(`
+	return site(fmt.Sprintf(`
 	%[2]s
 	handle /proxy/* {
 		upgrade websocket foo {
@@ -107,7 +111,7 @@ func loadLeanRoutes(t *testing.T, backend string, logged bool) {
 	handle /policy/* {
 		upgrade websocket foo
 		reverse_proxy %[1]s
-	}`, backend, log)))
+	}`, backend, log))
 }
 
 // openLeanTunnel opens a foo tunnel on path and reads the greeting.
@@ -229,6 +233,20 @@ func TestLeanIdleTunnelsModuleHeap(t *testing.T) {
 	}
 }
 
+// BenchmarkIdleTunnels reports the heap kept per idle tunnel, the
+// module's own and the whole process's (Caddy, and this test's clients and
+// backend), over 1,000 tunnels:
+//
+//	go test -run '^$' -bench IdleTunnels -benchtime 1x .
+func BenchmarkIdleTunnels(b *testing.B) {
+	var st idleStats
+	for b.Loop() {
+		st = measureIdleTunnels(b, 1000)
+	}
+	b.ReportMetric(st.modulePer, "module-B/tunnel")
+	b.ReportMetric(st.heapPer, "heap-B/tunnel")
+}
+
 type idleStats struct {
 	modulePer, heapPer float64
 	top                string
@@ -236,9 +254,14 @@ type idleStats struct {
 
 // measureIdleTunnels opens n idle tunnels through the module's proxy and
 // compares the heap before and after, with every allocation sampled.
-func measureIdleTunnels(t *testing.T, n int) idleStats {
+func measureIdleTunnels(t testing.TB, n int) idleStats {
 	backend := newSwitchBackend(t)
-	loadLeanRoutes(t, backend.addr(), true)
+	leanConfig := leanSites(backend.addr(), true)
+	if tt, ok := t.(*testing.T); ok {
+		loadCaddyfile(tt, leanConfig)
+	} else {
+		loadBenchCaddyfile(t.(*testing.B), leanConfig)
+	}
 	rate := runtime.MemProfileRate
 	runtime.MemProfileRate = 1
 	defer func() { runtime.MemProfileRate = rate }()
