@@ -31,6 +31,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -87,7 +88,7 @@ var profiles = map[string]config{
 	"full": {
 		bound:   25 * time.Minute,
 		tunnels: 9000, duration: 3 * time.Minute, reloads: 10,
-		closeTunnels: 9000, closeDuration: 3 * time.Minute, closeReloads: 10,
+		closeTunnels: 6000, closeDuration: 3 * time.Minute, closeReloads: 10,
 		limit: 2000,
 		slow:  1000, mute: 200, nonReaders: 50, halfClosers: 100, normal: 16,
 		hostileDuration: 30 * time.Second, latencyBound: 200 * time.Millisecond,
@@ -264,19 +265,22 @@ func checkFDBudget(cfg *config, limit int) error {
 }
 
 // checkCaddyFDs refuses a run whose tunnels would not fit Caddy's open
-// files (two per tunnel) or the backend's (one per tunnel).
+// files or the backend's (one per tunnel). Caddy holds two per tunnel, but
+// three while a reload with a short stream_close_delay closes the old
+// config's tunnels (scenario 2): the clients whose side is closed
+// reconnect at once, while Caddy's serial sweep keeps the old backend side
+// open until it gets there (soak/repro/closesweep).
 func checkCaddyFDs(e *env, cfg *config) error {
-	tunnels := max(cfg.tunnels, cfg.closeTunnels)
 	for _, p := range []struct {
 		proc *proc
 		need int
-	}{{e.caddy, 2*tunnels + 200}, {e.backend, tunnels + 100}} {
+	}{{e.caddy, max(2*cfg.tunnels, 3*cfg.closeTunnels) + 200}, {e.backend, max(cfg.tunnels, 2*cfg.closeTunnels) + 100}} {
 		limit, err := nofileLimit(p.proc.pid())
 		if err != nil {
 			return err
 		}
 		if p.need > limit {
-			return fmt.Errorf("%d tunnels need about %d open files in %s, which may have %d", tunnels, p.need, p.proc.name, limit)
+			return fmt.Errorf("the tunnels need about %d open files in %s, which may have %d", p.need, p.proc.name, limit)
 		}
 	}
 	return nil
@@ -343,15 +347,14 @@ func runScenarios(e *env, cfg *config) (*results, error) {
 		logf("== %s", sc.title)
 		t0 := time.Now()
 		cpu0 := takeCPU(e.watched())
+		logAt := e.logOffset()
 		r.err = sc.run(ctx, e, r)
 		r.elapsed = time.Since(t0)
 		r.note("%s", cpuSince(cpu0, e.watched()))
 		r.peakRSSKiB, r.peakGoroutines = s.peaks()
 		after, serr := e.settle(ctx, base, cfg.settle)
 		r.after = after
-		if serr != nil {
-			r.settleErr = serr
-		}
+		r.settleErr = errors.Join(serr, e.scanLog(logAt))
 		res.scenarios = append(res.scenarios, r)
 		if r.err != nil || r.settleErr != nil {
 			failed = append(failed, sc.key)
