@@ -23,11 +23,13 @@ import (
 // choice, transport, connection registration, close frames on reload,
 // stream_timeout.
 
-// copyBufSize is the size of the buffers the copy loops borrow, chosen by
-// BenchmarkTunnelEcho (64 KiB writes): 4 KiB lost ~40% of the echo
-// throughput; 16, 32 and 64 KiB were within noise of each other and of
-// bare Caddy, so the smallest of them.
-var copyBufSize = 16 << 10
+// copyBufSize is the size of the buffers the copy loops borrow while bytes
+// move. With the proxy pinned to one core (make bench: 64 KiB messages),
+// echo throughput against bare Caddy's was 0.70-0.96x with 16 KiB, 0.96x
+// with 32 KiB and 1.28x with 64 KiB: there the proxy is CPU-bound, and a
+// message read in one piece costs the fewest syscalls. 4 KiB lost ~40%
+// even in-process (BenchmarkTunnelEcho). Idle tunnels hold none of them.
+var copyBufSize = 64 << 10
 
 var copyBufPool = sync.Pool{New: func() any {
 	b := make([]byte, copyBufSize)
