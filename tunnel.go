@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,8 @@ type tunnel struct {
 	// frame. nil for other protocols.
 	up, down *frameGate
 	closing  atomic.Int64 // unix nanoseconds of the first close frame from outside the loops
+	// back is the backend side, when it is the module's (delegation).
+	back atomic.Pointer[backendBody]
 }
 
 // closeFrameWait bounds how long a close frame from outside the copy
@@ -77,31 +80,77 @@ const closeFrameWait = time.Second
 // holding its connection list: waiting for each tunnel's frame boundary
 // in turn would add the waits up (seconds for a few hundred tunnels); in
 // the background they overlap, and the reload goes on at once.
+//
+// Caddy's sweep takes the connections in map order, so it may reach a
+// tunnel's other side seconds later: the first close frame of a tunnel
+// starts the other side's too, and Caddy's own one is then dropped, as
+// RFC 6455 §5.5.1 allows one close frame a direction.
 func (t *tunnel) outsideWrite(gate *frameGate, w io.Writer, p []byte, wrote func(int)) (int, error) {
 	t.closing.CompareAndSwap(0, time.Now().UnixNano())
-	buf := bytes.Clone(p)
-	go func() {
-		n, _ := gate.outsideWrite(w, buf, closeFrameWait)
-		wrote(n)
-	}()
+	if !hasCloseFrame(p) {
+		go gate.outsideWrite(w, bytes.Clone(p), closeFrameWait)
+		return len(p), nil
+	}
+	t.sendClose(gate, w, p, wrote)
+	if back := t.back.Load(); back != nil && gate == t.down {
+		t.sendClose(t.up, back.conn, maskedCloseFrame(), func(int) {})
+	}
+	if gate == t.up {
+		t.mu.Lock()
+		conn := t.conn
+		t.mu.Unlock()
+		if tc, ok := conn.(*tunnelConn); ok {
+			t.sendClose(t.down, tc.Conn, closeFrame1001, func(n int) { t.carried(n, false) })
+		}
+	}
 	return len(p), nil
 }
 
+// sendClose writes the close frame p through gate in the background,
+// unless one was already sent or is on its way.
+func (t *tunnel) sendClose(gate *frameGate, w io.Writer, p []byte, wrote func(int)) {
+	if gate.closeClaimed.Swap(true) {
+		return
+	}
+	p = bytes.Clone(p)
+	go func() {
+		n, _ := gate.outsideWrite(w, p, closeFrameWait)
+		wrote(n)
+	}()
+}
+
+// closeFrame1001 is a server's close frame, "going away", as Caddy writes
+// it on a reload.
+var closeFrame1001 = []byte{0x88, 0x02, 1001 >> 8, 1001 & 0xff}
+
+// maskedCloseFrame is closeFrame1001 as a client must send it (masked,
+// RFC 6455 §5.3).
+func maskedCloseFrame() []byte {
+	k := rand.Uint32()
+	key := [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
+	return []byte{0x88, 0x82, key[0], key[1], key[2], key[3], closeFrame1001[2] ^ key[0], closeFrame1001[3] ^ key[1]}
+}
+
 // closeSide closes one side of the tunnel with closeNow. While a reload
-// closes the tunnel, that waits, in the background, until both directions
-// carried their close frame: closing either side earlier would cut the
-// other direction's frame in flight. After 2×closeFrameWait it closes with
-// reset set instead: a peer that stopped reading gets a reset rather than
-// a connection the kernel gives up on in silence, its unsent bytes held.
+// closes the tunnel, that waits, in the background, until each direction
+// whose writes pass through the module carried its close frame: closing
+// either side earlier would cut the other direction's frame in flight.
+// After 2×closeFrameWait it closes with reset set instead: a peer that
+// stopped reading gets a reset rather than a connection the kernel gives
+// up on in silence, its unsent bytes held.
 func (t *tunnel) closeSide(closeNow func(reset bool) error) error {
 	start := t.closing.Load()
 	if start == 0 {
 		return closeNow(false)
 	}
+	waits := []<-chan struct{}{t.down.closeSent()}
+	if t.back.Load() != nil {
+		waits = append(waits, t.up.closeSent())
+	}
 	go func() {
 		timer := time.NewTimer(time.Until(time.Unix(0, start).Add(2 * closeFrameWait)))
 		defer timer.Stop()
-		for _, sent := range []<-chan struct{}{t.up.closeSent(), t.down.closeSent()} {
+		for _, sent := range waits {
 			select {
 			case <-sent:
 			case <-timer.C:

@@ -277,6 +277,7 @@ func newBackendBody(rwc io.ReadWriteCloser, t *tunnel) *backendBody {
 	if _, conn, ok := switchedBody(rwc); ok {
 		b.conn = conn
 	}
+	t.back.Store(b)
 	return b
 }
 

@@ -176,6 +176,9 @@ type frameGate struct {
 	outside sync.Mutex    // one outside writer at a time
 	// sent is closed once a close frame went out (closed became true).
 	sent chan struct{}
+	// closeClaimed is set by the first writer of a close frame from
+	// outside the loop; later ones are dropped.
+	closeClaimed atomic.Bool
 }
 
 const (
