@@ -85,6 +85,7 @@ func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) 
 
 	lostN := lost(clients)
 	r.lost += lostN
+	r.badEchoes += fail.of("reorder") + fail.of("corrupt")
 	r.messages += run.echoed.Load()
 	r.tunnels += run.reconnects.Load()
 	r.note("%d messages sent (%d of them resent after a reconnect), %d echoed in order and intact, %d lost",

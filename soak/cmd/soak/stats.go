@@ -85,6 +85,13 @@ func (f *failures) add(kind, format string, args ...any) {
 	}
 }
 
+// of counts the failures of one kind.
+func (f *failures) of(kind string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.kinds[kind]
+}
+
 func (f *failures) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
