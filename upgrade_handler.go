@@ -16,15 +16,23 @@ import (
 // accepted upgrade on with its answer guarded.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	// The common case first: an HTTP/1.x request without Upgrade offers
-	// nothing (SPEC §2) and, unless the route requires an upgrade, goes on
-	// as it came, less a stray Connection: upgrade. This is what the
-	// general path below does for it, with two header lookups in all.
-	if r.ProtoMajor < 2 && !h.policy.require {
-		if _, ok := r.Header["Upgrade"]; !ok {
+	// The common case first: a request without Upgrade offers nothing
+	// (SPEC §2) and, unless the route requires an upgrade, goes on as it
+	// came, less a stray Connection: upgrade on HTTP/1.x. This is what the
+	// general path below does for it, with two or three header lookups in
+	// all. On HTTP/2-3 only a request without :protocol, Connection
+	// (forbidden there) or the CONNECT method takes it.
+	if _, ok := r.Header["Upgrade"]; !ok && !h.policy.require {
+		if r.ProtoMajor < 2 {
 			if connectionHasToken(r.Header, "upgrade") {
 				removeConnectionToken(r.Header, "upgrade")
 			}
+			setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeNone}, false)
+			return next.ServeHTTP(w, r)
+		}
+		_, hasConnection := r.Header["Connection"]
+		_, hasProtocol := r.Header[":protocol"]
+		if !hasConnection && !hasProtocol && r.Method != http.MethodConnect {
 			setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeNone}, false)
 			return next.ServeHTTP(w, r)
 		}
