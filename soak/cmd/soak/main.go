@@ -213,39 +213,47 @@ func main() {
 		}
 		pprof.StartCPUProfile(f)
 	}
-	err := run(cfg)
+	passed, failed, err := run(cfg)
 	pprof.StopCPUProfile()
 	killAll()
 	if err != nil {
 		logf("FAIL: %v", err)
+		failed = max(failed, 1)
+	} else {
+		logf("PASS (%v)", time.Since(started).Round(time.Second))
+	}
+	// The plain summary line CI reads as a test runner's closing line.
+	fmt.Printf("soak: %d passed, %d failed\n", passed, failed)
+	if failed > 0 {
 		os.Exit(1)
 	}
-	logf("PASS (%v)", time.Since(started).Round(time.Second))
 }
 
-func run(cfg *config) error {
+// run sets up and runs the soak; it returns how many scenarios passed and
+// failed, and an error if any did or the setup failed.
+func run(cfg *config) (passed, failed int, err error) {
 	limit, err := raiseNofile()
 	if err != nil {
-		return fmt.Errorf("raising RLIMIT_NOFILE: %v", err)
+		return 0, 0, fmt.Errorf("raising RLIMIT_NOFILE: %v", err)
 	}
 	if err := checkFDBudget(cfg, limit); err != nil {
-		return err
+		return 0, 0, err
 	}
 	logf("soak %s: GOMAXPROCS=%d, open files %d, load average %s", cfg.profile, runtime.GOMAXPROCS(0), limit, loadAvg())
 
 	e, err := newEnv(cfg)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	logf("work dir %s (Caddy and backend logs; removed after a pass)", e.work)
 	if err := e.startBackend(); err != nil {
-		return err
+		return 0, 0, err
 	}
 	if err := e.startCaddy(siteConfig{Generation: 1, CloseDelay: time.Hour}); err != nil {
-		return err
+		return 0, 0, err
 	}
 	if err := checkCaddyFDs(e, cfg); err != nil {
-		return err
+		return 0, 0, err
 	}
 	res, err := runScenarios(e, cfg)
 	if err == nil {
@@ -259,8 +267,9 @@ func run(cfg *config) error {
 				err = werr
 			}
 		}
+		passed, failed = res.counts()
 	}
-	return err
+	return passed, failed, err
 }
 
 // checkFDBudget refuses a run that cannot fit this process's open files:

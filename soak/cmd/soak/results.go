@@ -46,6 +46,19 @@ type results struct {
 	peakGoroutines        int64
 }
 
+// counts says how many scenarios passed and failed, scenario 5's check
+// after each included.
+func (res *results) counts() (passed, failed int) {
+	for _, r := range res.scenarios {
+		if r.err != nil || r.settleErr != nil {
+			failed++
+		} else {
+			passed++
+		}
+	}
+	return passed, failed
+}
+
 func (res *results) markdown() string {
 	var b strings.Builder
 	var tunnels, messages, lost, concurrent int64

@@ -19,7 +19,8 @@
 // stream_close_delay 0 (the default) the sweep runs inside the reload, so
 // POST /load lasts as long.
 //
-// The module (commit 3e4b160, "clean reloads"): it writes Caddy's close
+// The module, from commit 3e4b160 ("clean reloads") until c8ec647 fixed
+// it: it writes Caddy's close
 // frames in the background and closes a side only once both directions
 // carried theirs, but it times that wait (2×closeFrameWait, 2 s) from the
 // first side's close frame. When Caddy's sweep reaches the two sides of a
@@ -28,7 +29,9 @@
 // reading. Same setup with -module: 8,000 tunnels gave 124 resets (the
 // two sides up to 3.4 s apart) in one run, none in another whose sides
 // stayed within 1.3 s; 7,000 tunnels, none. The soak's scenario 2 (6,000
-// tunnels, 10 reloads) saw 5 resets in 59,970 closes.
+// tunnels, 10 reloads) saw 5 resets in 59,970 closes. Since c8ec647 the
+// module sends both close frames at once: 8,000 tunnels, no reset, no
+// side silent for more than 0.8 s.
 //
 //	cd soak && go run ./repro/closesweep -caddy ../bin/caddy -tunnels 8000 \
 //		-delay 1s -reconnect -every 500ms -caddy-procs 1 -module
