@@ -21,7 +21,7 @@ const closeBound = 3 * time.Second
 
 func runBackendKill(ctx context.Context, e *env, r *scenarioResult, limit int) error {
 	site := siteConfig{Generation: e.site.Generation + 1, MaxConns: limit}
-	if err := e.load(ctx, site, false); err != nil {
+	if err := e.loadScenario(ctx, site); err != nil {
 		return err
 	}
 	if err := checkExactLimit(ctx, e, r, limit, "before the kill"); err != nil {

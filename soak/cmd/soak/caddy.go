@@ -175,6 +175,21 @@ func (e *env) load(ctx context.Context, site siteConfig, force bool) error {
 	return nil
 }
 
+// loadScenario loads a scenario's config and waits out the reload before
+// the scenario's clients start: while Caddy closes the old config's
+// listening socket, connections made to it are reset or dropped
+// unanswered (Caddy's reload race, soak/repro/reload-eof.sh), which is not
+// what the scenarios test. Scenarios 1 and 2 reload under their clients on
+// purpose, and those clients retry.
+func (e *env) loadScenario(ctx context.Context, site siteConfig) error {
+	if err := e.load(ctx, site, false); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	_, err := e.checkGeneration(ctx)
+	return err
+}
+
 // adminGet fetches an admin API path.
 func (e *env) adminGet(ctx context.Context, path string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.adminAddr+path, nil)

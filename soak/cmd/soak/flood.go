@@ -24,7 +24,7 @@ const (
 
 func runFlood(ctx context.Context, e *env, r *scenarioResult, limit int, dur time.Duration) error {
 	site := siteConfig{Generation: e.site.Generation + 1, MaxConns: limit}
-	if err := e.load(ctx, site, false); err != nil {
+	if err := e.loadScenario(ctx, site); err != nil {
 		return err
 	}
 	fail := &failures{}

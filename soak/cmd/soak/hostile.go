@@ -27,7 +27,7 @@ const promptClose = 3 * time.Second
 
 func runHostile(ctx context.Context, e *env, r *scenarioResult, cfg *config) error {
 	site := siteConfig{Generation: e.site.Generation + 1, IdleTimeout: cfg.tunnelIdleTimeout}
-	if err := e.load(ctx, site, false); err != nil {
+	if err := e.loadScenario(ctx, site); err != nil {
 		return err
 	}
 	fail := &failures{}
@@ -394,7 +394,7 @@ func (nc *normalClients) session(ctx context.Context, d *websocket.Dialer, url s
 	t0 := time.Now()
 	conn, err := dialWS(ctx, d, url)
 	if err != nil {
-		return err
+		return fmt.Errorf("handshake: %w", err)
 	}
 	defer conn.Close()
 	nc.hs.add(time.Since(t0))
@@ -405,7 +405,7 @@ func (nc *normalClients) session(ctx context.Context, d *websocket.Dialer, url s
 		msg := fmt.Appendf(nil, "normal %d message %d", i, k)
 		t := time.Now()
 		if err := echoOnce(conn, msg); err != nil {
-			return err
+			return fmt.Errorf("echo %d of 5: %w", k+1, err)
 		}
 		nc.rtt.add(time.Since(t))
 		time.Sleep(20 * time.Millisecond)

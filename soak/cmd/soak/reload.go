@@ -40,7 +40,7 @@ func (p reloadParams) closeWithin() time.Duration {
 
 func runReloads(ctx context.Context, e *env, r *scenarioResult, p reloadParams) error {
 	site := siteConfig{Generation: e.site.Generation + 1, CloseDelay: p.closeDelay}
-	if err := e.load(ctx, site, false); err != nil {
+	if err := e.loadScenario(ctx, site); err != nil {
 		return err
 	}
 	fail := &failures{}
