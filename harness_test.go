@@ -292,6 +292,44 @@ func newRecordingBackend(t testing.TB, answer backendAnswer) *recordingBackend {
 	return b
 }
 
+// serveRaw listens on 127.0.0.1 and hands every accepted connection, with
+// its number, to handle on a goroutine of its own. When the test ends it
+// closes the listener and every connection, and waits for the handlers.
+func serveRaw(t testing.TB, handle func(c net.Conn, id int)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("backend listen: %v", err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Go(func() {
+		for id := 0; ; id++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { handle(c, id) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln
+}
+
 // Addr is the backend's host:port.
 func (b *recordingBackend) Addr() string { return b.ln.Addr().String() }
 

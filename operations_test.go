@@ -362,39 +362,15 @@ type rawSwitchBackend struct {
 	tail []byte
 	hold bool
 
-	mu    sync.Mutex
-	got   []byte
-	eofs  int
-	conns []net.Conn
+	mu   sync.Mutex
+	got  []byte
+	eofs int
 }
 
 func newRawSwitchBackend(t testing.TB, tail []byte, hold bool) *rawSwitchBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &rawSwitchBackend{t: t, ln: ln, tail: tail, hold: hold}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b.mu.Lock()
-			b.conns = append(b.conns, c)
-			b.mu.Unlock()
-			go b.serve(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		for _, c := range b.conns {
-			c.Close()
-		}
-	})
+	b := &rawSwitchBackend{t: t, tail: tail, hold: hold}
+	b.ln = serveRaw(t, func(c net.Conn, _ int) { b.serve(c) })
 	return b
 }
 

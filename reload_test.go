@@ -91,40 +91,13 @@ func rlPayloadOK(seq uint32, p []byte) bool {
 // write fails; otherwise once per tick, a large frame split over two ticks.
 type rlBackend struct {
 	ln      net.Listener
-	mu      sync.Mutex
-	conns   []net.Conn
-	wg      sync.WaitGroup
 	flooded atomic.Int64 // bytes written by flood tunnels
 }
 
 func newRLBackend(t *testing.T) *rlBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &rlBackend{ln: ln}
-	b.wg.Go(func() {
-		for id := 0; ; id++ {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b.mu.Lock()
-			b.conns = append(b.conns, c)
-			b.mu.Unlock()
-			b.wg.Go(func() { b.serve(c, id) })
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		b.mu.Lock()
-		for _, c := range b.conns {
-			c.Close()
-		}
-		b.mu.Unlock()
-		b.wg.Wait()
-	})
+	b := &rlBackend{}
+	b.ln = serveRaw(t, b.serve)
 	return b
 }
 

@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -29,39 +28,17 @@ const greeting = "hello from the backend\n"
 // the same write, and then echoes every byte. It holds no buffer per
 // tunnel beyond its reader, so that heap figures show the proxy's.
 type switchBackend struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
+	ln net.Listener
 }
 
 func newSwitchBackend(t testing.TB) *switchBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &switchBackend{ln: ln}
-	go b.serve()
-	t.Cleanup(b.close)
-	return b
+	return &switchBackend{ln: serveRaw(t, func(c net.Conn, _ int) { handle101(c) })}
 }
 
 func (b *switchBackend) addr() string { return b.ln.Addr().String() }
 
-func (b *switchBackend) serve() {
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			return
-		}
-		b.mu.Lock()
-		b.conns = append(b.conns, c)
-		b.mu.Unlock()
-		go b.handle(c)
-	}
-}
-
-func (b *switchBackend) handle(c net.Conn) {
+func handle101(c net.Conn) {
 	defer c.Close()
 	br := bufio.NewReaderSize(c, 512)
 	req, err := http.ReadRequest(br)
@@ -76,15 +53,6 @@ func (b *switchBackend) handle(c net.Conn) {
 		return
 	}
 	io.Copy(c, br)
-}
-
-func (b *switchBackend) close() {
-	b.ln.Close()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, c := range b.conns {
-		c.Close()
-	}
 }
 
 // loadLeanRoutes puts one backend behind both modes: /proxy/* delegates
