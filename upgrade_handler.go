@@ -16,26 +16,9 @@ import (
 // accepted upgrade on with its answer guarded.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	// The common case first: a request without Upgrade offers nothing
-	// (SPEC §2) and, unless the route requires an upgrade, goes on as it
-	// came, less a stray Connection: upgrade on HTTP/1.x. This is what the
-	// general path below does for it, with two or three header lookups in
-	// all. On HTTP/2-3 only a request without :protocol, Connection
-	// (forbidden there) or the CONNECT method takes it.
-	if _, ok := r.Header["Upgrade"]; !ok && !h.policy.require {
-		if r.ProtoMajor < 2 {
-			if connectionHasToken(r.Header, "upgrade") {
-				removeConnectionToken(r.Header, "upgrade")
-			}
-			setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeNone}, false)
-			return next.ServeHTTP(w, r)
-		}
-		_, hasConnection := r.Header["Connection"]
-		_, hasProtocol := r.Header[":protocol"]
-		if !hasConnection && !hasProtocol && r.Method != http.MethodConnect {
-			setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeNone}, false)
-			return next.ServeHTTP(w, r)
-		}
+	if !h.policy.require && withoutOffer(r) {
+		setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeNone}, false)
+		return next.ServeHTTP(w, r)
 	}
 	o, err := parseOffer(r)
 	if err != nil {
@@ -64,6 +47,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, repl, label, ref)
 	}
 	return h.pass(w, r, next, o, v, repl, label)
+}
+
+// withoutOffer is the common case, decided with two or three header
+// lookups: a request without Upgrade offers nothing (SPEC §2) and goes on
+// as it came, less a stray Connection: upgrade on HTTP/1.x, as the general
+// path would leave it. On HTTP/2-3 only a request without :protocol,
+// Connection (forbidden there) or the CONNECT method is one.
+func withoutOffer(r *http.Request) bool {
+	if _, ok := r.Header["Upgrade"]; ok {
+		return false
+	}
+	if r.ProtoMajor < 2 {
+		if connectionHasToken(r.Header, "upgrade") {
+			removeConnectionToken(r.Header, "upgrade")
+		}
+		return true
+	}
+	_, hasConnection := r.Header["Connection"]
+	_, hasProtocol := r.Header[":protocol"]
+	return !hasConnection && !hasProtocol && r.Method != http.MethodConnect
 }
 
 // pass hands an accepted upgrade on, holding a tunnel slot, and turns an
