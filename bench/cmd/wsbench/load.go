@@ -229,14 +229,15 @@ func throughput(url string, conns, msgSize int, warm, dur time.Duration) (float6
 // latency: conns WebSockets together send rate 64-byte messages a second,
 // each on a fixed schedule, one outstanding at a time; the latency of a
 // message runs from its scheduled send time to its echo (so a late send
-// counts). Returns p50 and p99 of the messages sent after the warm-up.
-func latency(url string, conns int, rate float64, warm, dur time.Duration) (p50, p99 time.Duration, err error) {
+// counts). Returns the sorted round trips of the messages sent after the
+// warm-up.
+func latency(url string, conns int, rate float64, warm, dur time.Duration) ([]time.Duration, error) {
 	d := wsDialer(1024)
 	msg := make([]byte, 64)
 	cs, err := openEchoes(d, url, conns, msg[:16])
 	defer closeAll(cs)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
 	interval := time.Duration(float64(time.Second) / rate)
 	period := interval * time.Duration(conns)
@@ -277,11 +278,10 @@ func latency(url string, conns int, rate float64, warm, dur time.Duration) (p50,
 	}
 	wg.Wait()
 	if len(samples) == 0 {
-		return 0, 0, errors.Join(errors.New("no latency samples"), errs.err())
+		return nil, errors.Join(errors.New("no latency samples"), errs.err())
 	}
 	slices.Sort(samples)
-	pct := func(p float64) time.Duration { return samples[int(p*float64(len(samples)-1))] }
-	return pct(0.50), pct(0.99), errs.err()
+	return samples, errs.err()
 }
 
 // gets: conc workers send plain GETs over keep-alive connections. Returns

@@ -34,6 +34,9 @@ type config struct {
 	targets                     []string
 	tunnelSteps                 []int
 	latencyRate                 float64
+	// steps selects the measurements by name (rss, handshakes, mbps,
+	// latency, gets); the report leaves out the lines of the others.
+	steps map[string]bool
 }
 
 type target struct {
@@ -60,7 +63,7 @@ var allTargets = []target{
 
 func main() {
 	var cfg config
-	var targets, steps string
+	var targets, steps, only string
 	flag.StringVar(&cfg.caddy, "caddy", "bin/caddy", "Caddy binary with the upgrade module")
 	flag.StringVar(&cfg.echo, "echo", "bin/echo", "WebSocket echo backend binary")
 	flag.StringVar(&cfg.nginx, "nginx", "/usr/sbin/nginx", "nginx binary")
@@ -76,11 +79,21 @@ func main() {
 	flag.StringVar(&targets, "targets", "direct,bare,policy,delegate,nginx,haproxy", "targets to run, in order")
 	flag.StringVar(&steps, "tunnels", "2000,9000", "idle tunnel counts at which RSS is read")
 	flag.Float64Var(&cfg.latencyRate, "rate", 2000, "latency test: messages per second over all 64 connections")
+	flag.StringVar(&only, "steps", "rss,handshakes,mbps,latency,gets", "measurements to run, e.g. -steps latency")
 	flag.StringVar(&pidFile, "pidfile", "", "file listing the process groups of running children")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 
 	cfg.targets = strings.Split(targets, ",")
+	cfg.steps = map[string]bool{}
+	for _, s := range strings.Split(only, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "rss", "handshakes", "mbps", "latency", "gets":
+			cfg.steps[s] = true
+		default:
+			log.Fatalf("-steps: unknown measurement %q", s)
+		}
+	}
 	for _, s := range strings.Split(steps, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n <= 0 {
@@ -153,13 +166,16 @@ func run(cfg *config) error {
 		for i := range chosen {
 			order[i] = chosen[(i+rep-1)%len(chosen)]
 		}
-		if err := measureRSS(cfg, order, rep, res); err != nil {
-			return err
+		if cfg.steps["rss"] {
+			if err := measureRSS(cfg, order, rep, res); err != nil {
+				return err
+			}
 		}
 		if err := measurePerf(cfg, order, rep, res); err != nil {
 			return err
 		}
 	}
+	res.poolLatencies()
 	report := res.report(chosen, cfg, load0, loadAvg(), time.Since(started))
 	fmt.Print("\n" + report)
 	if err := os.WriteFile(filepath.Join(cfg.out, "results.md"), []byte(report), 0o644); err != nil {
@@ -274,7 +290,7 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 			res.add(t.key, mCPUConn, us)
 			return fmt.Sprintf("%.0f/s %.0f µs CPU/conn", hs, us), err
 		}},
-		{"tunnel MB/s", []metricKey{mMBps}, func(t target) (string, error) {
+		{"mbps", []metricKey{mMBps}, func(t target) (string, error) {
 			wsURL, _ := urls(t)
 			mbps, err := throughput(wsURL, 8, 64<<10, cfg.warm, cfg.dur)
 			res.add(t.key, mMBps, mbps)
@@ -282,12 +298,14 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 		}},
 		{"latency", []metricKey{mP50, mP99}, func(t target) (string, error) {
 			wsURL, _ := urls(t)
-			p50, p99, err := latency(wsURL, 64, cfg.latencyRate, cfg.warm, cfg.dur)
-			res.add(t.key, mP50, float64(p50.Microseconds()))
-			res.add(t.key, mP99, float64(p99.Microseconds()))
+			rts, err := latency(wsURL, 64, cfg.latencyRate, cfg.warm, cfg.dur)
+			if len(rts) == 0 {
+				return "", err
+			}
+			p50, p99 := res.addLatencies(t.key, rts)
 			return fmt.Sprintf("p50 %v p99 %v", p50.Round(time.Microsecond), p99.Round(time.Microsecond)), err
 		}},
-		{"GETs", []metricKey{mGets}, func(t target) (string, error) {
+		{"gets", []metricKey{mGets}, func(t target) (string, error) {
 			_, getURL := urls(t)
 			rps, err := gets(getURL, 32, cfg.dur)
 			res.add(t.key, mGets, rps)
@@ -295,6 +313,9 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 		}},
 	}
 	for _, st := range steps {
+		if !cfg.steps[st.name] {
+			continue
+		}
 		var line []string
 		for _, t := range order {
 			before := takeCPUSample()

@@ -23,6 +23,12 @@ const (
 	mMBps       metricKey = "mbps"
 	mP50        metricKey = "p50"
 	mP99        metricKey = "p99"
+	// mP99Pooled is the p99 of every message of every repetition together.
+	// One stall of a process (a GC cycle, the host) delays every message in
+	// flight, so a repetition's p99 is often one event's doing: the p99 of
+	// one 3 s window swung 1.6-5.7 ms for the same bare Caddy. Pooled, a
+	// stall weighs by how often it happens, which is what the bound is about.
+	mP99Pooled metricKey = "p99all"
 	mRSS1       metricKey = "rss1"
 	mRSS2       metricKey = "rss2"
 	mGets       metricKey = "gets"
@@ -59,7 +65,8 @@ func metricsFor(cfg *config) []metric {
 		{mCPUConn, "proxy CPU µs per WebSocket connection (open, echo 16 B, close)", "CPU/conn", true, 0, false},
 		{mMBps, "tunnel MB/s (8 conns, 64 KiB msgs, echoed)", "MB/s", false, 0.97, false},
 		{mP50, fmt.Sprintf("latency p50 µs (64 B, 64 conns, %.0f msg/s)", cfg.latencyRate), "p50", true, 0, false},
-		{mP99, fmt.Sprintf("latency p99 µs (64 B, 64 conns, %.0f msg/s)", cfg.latencyRate), "p99", true, 1.05, false},
+		{mP99, fmt.Sprintf("latency p99 µs, median of the repetitions' (64 B, 64 conns, %.0f msg/s)", cfg.latencyRate), "p99 (median)", true, 0, true},
+		{mP99Pooled, "latency p99 µs over every repetition's messages", "p99", true, 1.05, false},
 	}
 	for i, n := range cfg.tunnelSteps {
 		if i < 2 {
@@ -103,12 +110,15 @@ func targetBounds(cfg *config) []targetBound {
 	return append(bs,
 		targetBound{mMBps, "issue 7", delegate, false, 1.0, false, ""},
 		targetBound{mCPUConn, "issue 7", delegate, true, 0.85, false, ""},
-		targetBound{mP99, "issue 7", delegate, true, 1.05, false, ""},
+		targetBound{mP99Pooled, "issue 7", delegate, true, 1.05, false, ""},
 	)
 }
 
 type results struct {
 	samples map[string]map[metricKey][]float64
+	// latencies holds every message's round trip, by target, over all
+	// repetitions (for mP99Pooled).
+	latencies map[string][]time.Duration
 	// foreign is, for each sample, the share of the machine's CPUs that
 	// other processes used (or the hypervisor stole) while it was taken.
 	foreign map[string]map[metricKey][]float64
@@ -116,7 +126,31 @@ type results struct {
 }
 
 func newResults(cfg *config) *results {
-	return &results{samples: map[string]map[metricKey][]float64{}, foreign: map[string]map[metricKey][]float64{}, cfg: cfg}
+	return &results{samples: map[string]map[metricKey][]float64{}, foreign: map[string]map[metricKey][]float64{},
+		latencies: map[string][]time.Duration{}, cfg: cfg}
+}
+
+// addLatencies records one repetition's round trips of a target: its p50
+// and p99 as samples, and the round trips for the pooled p99.
+func (r *results) addLatencies(target string, rts []time.Duration) (p50, p99 time.Duration) {
+	p50, p99 = percentile(rts, 0.50), percentile(rts, 0.99)
+	r.add(target, mP50, float64(p50.Microseconds()))
+	r.add(target, mP99, float64(p99.Microseconds()))
+	r.latencies[target] = append(r.latencies[target], rts...)
+	return p50, p99
+}
+
+// poolLatencies adds each target's pooled p99 (one sample a target).
+func (r *results) poolLatencies() {
+	for target, rts := range r.latencies {
+		slices.Sort(rts)
+		r.add(target, mP99Pooled, float64(percentile(rts, 0.99).Microseconds()))
+	}
+}
+
+// percentile of sorted round trips.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	return sorted[int(p*float64(len(sorted)-1))]
 }
 
 func (r *results) add(target string, m metricKey, v float64) {
@@ -336,7 +370,7 @@ func (r *results) report(ts []target, cfg *config, load0, load1 string, took tim
 	for _, m := range ms {
 		for _, t := range ts {
 			s := r.samples[t.key][m.key]
-			if len(s) == 0 {
+			if len(s) == 0 || m.key == mP99Pooled { // one figure, in the table already
 				continue
 			}
 			parts := make([]string, len(s))
