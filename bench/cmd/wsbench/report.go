@@ -29,9 +29,9 @@ const (
 	// one 3 s window swung 1.6-5.7 ms for the same bare Caddy. Pooled, a
 	// stall weighs by how often it happens, which is what the bound is about.
 	mP99Pooled metricKey = "p99all"
-	mRSS1       metricKey = "rss1"
-	mRSS2       metricKey = "rss2"
-	mGets       metricKey = "gets"
+	mRSS1      metricKey = "rss1"
+	mRSS2      metricKey = "rss2"
+	mGets      metricKey = "gets"
 	// mCPUConn is the proxy's CPU time (user+system, all its processes)
 	// during the handshakes measurement over the connections it served.
 	mCPUConn metricKey = "cpuconn"
