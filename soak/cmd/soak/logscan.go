@@ -58,5 +58,5 @@ func (e *env) scanLog(offset int64) error {
 	if len(first) > 400 {
 		first = first[:400] + "..."
 	}
-	return fmt.Errorf("Caddy logged %s; first: %s", formatCounts(counts), first)
+	return fmt.Errorf("errors in the Caddy log: %s; first: %s", formatCounts(counts), first)
 }

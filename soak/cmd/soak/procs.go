@@ -81,16 +81,6 @@ func (p *proc) kill() {
 	procsMu.Unlock()
 }
 
-// stop sends SIGTERM, then SIGKILL after a grace period.
-func (p *proc) stop() {
-	syscall.Kill(-p.pid(), syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(3 * time.Second):
-	}
-	p.kill()
-}
-
 // killAll kills every child still running.
 func killAll() {
 	procsMu.Lock()

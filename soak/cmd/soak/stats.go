@@ -92,12 +92,6 @@ func (f *failures) of(kind string) int {
 	return f.kinds[kind]
 }
 
-func (f *failures) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.n
-}
-
 // err summarises the failures, or is nil without any.
 func (f *failures) err() error {
 	f.mu.Lock()
