@@ -68,7 +68,13 @@ var h23Authority = fmt.Sprintf("localhost:%d", harnessHTTPSPort)
 // HTTP version switched on.
 func loadH23Routes(t *testing.T, routes string) {
 	t.Helper()
-	cfg := h23GlobalOptions(`
+	loadCaddyRaw(t, h23Config(routes), "caddyfile")
+	waitH23Certificate(t, h23HTTPSAddr, "localhost")
+}
+
+// h23Config is the Caddyfile loadH23Routes loads.
+func h23Config(routes string) string {
+	return h23GlobalOptions(`
 	auto_https disable_redirects
 	servers {
 		protocols h1 h2 h2c h3
@@ -82,8 +88,6 @@ localhost:%d {
 %s
 }
 `, harnessHTTPPort, routes, harnessHTTPSPort, routes)
-	loadCaddyRaw(t, cfg, "caddyfile")
-	waitH23Certificate(t, h23HTTPSAddr, "localhost")
 }
 
 // waitH23Certificate waits until Caddy completes TLS handshakes for

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -130,6 +132,18 @@ type responseGuard struct {
 	// earlyBytes is set when the client sent data before the 101; it got a
 	// raw 400 on the hijacked connection.
 	earlyBytes bool
+
+	// loopOwned is set when the module's copy loop writes the tunnel's
+	// bytes to the client past the guard (delegation over HTTP/2-3, see
+	// tunnel.h2ClientWriter): Write then carries only writes from outside
+	// the loop, Caddy's close frame on a reload, which must wait for a
+	// frame boundary as on HTTP/1.1.
+	loopOwned atomic.Bool
+	// outsideMu orders outside writes, which run in the background, with
+	// the end of the handler: net/http panics on a write to a stream whose
+	// handler has returned.
+	outsideMu sync.Mutex
+	finished  bool
 }
 
 func (g *responseGuard) WriteHeader(code int) {
@@ -164,6 +178,10 @@ func (g *responseGuard) WriteHeader(code int) {
 }
 
 func (g *responseGuard) Write(p []byte) (int, error) {
+	if g.loopOwned.Load() {
+		t := g.tunnel
+		return t.outsideWrite(t.down, guardOutside{g}, p, func(n int) { t.carried(n, false) })
+	}
 	if !g.wroteHeader {
 		g.WriteHeader(http.StatusOK)
 	}
@@ -177,11 +195,68 @@ func (g *responseGuard) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// writeFlushed writes p to the client of an extended CONNECT tunnel and
+// flushes it, as Caddy's own writer of such a tunnel does.
+func (g *responseGuard) writeFlushed(p []byte) (int, error) {
+	n, err := g.ResponseWriter.Write(p)
+	if err == nil {
+		err = http.NewResponseController(g.ResponseWriter).Flush()
+	}
+	return n, err
+}
+
+// finish marks the handler done: outside writes still on their way fail
+// instead of writing.
+func (g *responseGuard) finish() {
+	g.outsideMu.Lock()
+	g.finished = true
+	g.outsideMu.Unlock()
+}
+
+// guardLoop is the copy loop's writer to the client of an extended
+// CONNECT tunnel; the loop ends before the handler does.
+type guardLoop struct{ g *responseGuard }
+
+func (w guardLoop) Write(p []byte) (int, error) {
+	return w.g.writeFlushed(p)
+}
+
+// guardOutside is the writer of a close frame from outside the copy loop
+// to the client of an extended CONNECT tunnel, until the handler ends.
+type guardOutside struct{ g *responseGuard }
+
+func (w guardOutside) Write(p []byte) (int, error) {
+	w.g.outsideMu.Lock()
+	defer w.g.outsideMu.Unlock()
+	if w.g.finished {
+		return 0, net.ErrClosed
+	}
+	return w.g.writeFlushed(p)
+}
+
+// SetWriteDeadline bounds the close frame's write (frameGate.write), as a
+// net.Conn's does on HTTP/1.1.
+func (w guardOutside) SetWriteDeadline(d time.Time) error {
+	w.g.outsideMu.Lock()
+	defer w.g.outsideMu.Unlock()
+	if w.g.finished {
+		return net.ErrClosed
+	}
+	return http.NewResponseController(w.g.ResponseWriter).SetWriteDeadline(d)
+}
+
 // FlushError keeps a flush from sending an implicit 200 for an answer the
 // guard held back or has not sent yet.
 func (g *responseGuard) FlushError() error {
 	if g.exp.invalid != "" {
 		return errBackendInvalid
+	}
+	if g.loopOwned.Load() {
+		// The writes of the loop and the outside ones flush themselves;
+		// a flush from outside (Caddy's, after its close frame) would run
+		// concurrently with them on a ResponseWriter that is not safe for
+		// it: it sent the close frame twice.
+		return nil
 	}
 	if g.pending101 {
 		return nil

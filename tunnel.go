@@ -65,6 +65,9 @@ type tunnel struct {
 	closing  atomic.Int64 // unix nanoseconds of the first close frame from outside the loops
 	// back is the backend side, when it is the module's (delegation).
 	back atomic.Pointer[backendBody]
+	// h2Client is the guard of an extended CONNECT tunnel whose client
+	// side the copy loop writes past (h2ClientWriter).
+	h2Client atomic.Pointer[responseGuard]
 }
 
 // closeFrameWait bounds how long a close frame from outside the copy
@@ -101,6 +104,8 @@ func (t *tunnel) outsideWrite(gate *frameGate, w io.Writer, p []byte, wrote func
 		t.mu.Unlock()
 		if tc, ok := conn.(*tunnelConn); ok {
 			t.sendClose(t.down, tc.Conn, closeFrame1001, func(n int) { t.carried(n, false) })
+		} else if g := t.h2Client.Load(); g != nil {
+			t.sendClose(t.down, guardOutside{g}, closeFrame1001, func(n int) { t.carried(n, false) })
 		}
 	}
 	return len(p), nil

@@ -106,6 +106,7 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	} else {
 		err = next.ServeHTTP(g, r)
 	}
+	g.finish()
 	if g.earlyBytes {
 		// The client has its raw 400 and its connection is closed.
 		h.record(repl, label, refusal{outcome: outcomeInvalid, status: http.StatusBadRequest, reason: errEarlyBytes.Error()})
