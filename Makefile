@@ -63,11 +63,11 @@ fuzz:
 		go test -run='^$$' -fuzz="^$$name$$" -fuzztime=20000x .; \
 	done
 
+# bench/ and soak/ are Go modules of their own, which ./... does not reach.
 lint: bin/staticcheck
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:" >&2; gofmt -l . >&2; exit 1; }
 	go vet ./...
 	bin/staticcheck ./...
-	# bench/ and soak/ are modules of their own, which ./... does not reach.
 	for dir in bench soak; do (cd $$dir && go vet ./... && ../bin/staticcheck ./...); done
 
 validate: bin/caddy
