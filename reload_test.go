@@ -32,6 +32,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go/http3"
 )
 
 const (
@@ -194,6 +196,10 @@ const (
 	rlEndReset      = "TCP reset"
 	rlEndOpen       = "still open"
 	rlEndError      = "read error"
+	// rlEndH3Closed: the HTTP/3 stream or connection ended with
+	// H3_NO_ERROR (on a reload, Caddy closes the old server's QUIC
+	// connections at once, before any close frame can go out).
+	rlEndH3Closed = "HTTP/3 closed (H3_NO_ERROR)"
 )
 
 // rlDial opens a WebSocket tunnel through Caddy; rcvbuf > 0 shrinks the
@@ -292,6 +298,8 @@ func (c *rlClient) read() {
 			c.end = rlEndReset
 		case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, errH23Timeout):
 			c.end = rlEndOpen
+		case strings.Contains(err.Error(), "H3_NO_ERROR"):
+			c.end = rlEndH3Closed
 		default:
 			c.end = rlEndError + ": " + err.Error()
 		}
@@ -382,7 +390,7 @@ func rlCount(clients []*rlClient) rlTally {
 
 func (r rlTally) String() string {
 	var parts []string
-	for _, e := range []string{rlEndCloseFrame, rlEndClean, rlEndMidFrame, rlEndReset, rlEndOpen} {
+	for _, e := range []string{rlEndCloseFrame, rlEndClean, rlEndMidFrame, rlEndReset, rlEndOpen, rlEndH3Closed} {
 		if n := r.ends[e]; n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", n, e))
 		}
@@ -535,69 +543,121 @@ func TestReloadCloseFramesIntact(t *testing.T) {
 const rlH2Tunnels = 100
 
 // TestReloadH2CloseFramesIntact is TestReloadCloseFramesIntact's upgrade
-// case over HTTP/2 extended CONNECT (RFC 8441), where Caddy writes its
-// close frame into the response stream: delegating, the module's copy
-// loop writes past its guard, and the guard gates Caddy's close frame to
-// a frame boundary as on HTTP/1.1. (In policy-only mode Caddy's own copy
-// writes through the guard, and its close frame is not gated.)
+// case over extended CONNECT (HTTP/2, RFC 8441; HTTP/3, RFC 9220), where
+// Caddy writes its close frame into the response stream: delegating, the
+// module's copy loop writes past its guard, and the guard gates Caddy's
+// close frame to a frame boundary as on HTTP/1.1. (In policy-only mode
+// Caddy's own copy writes through the guard, and its close frame is not
+// gated.) Over HTTP/3 a reload closes the old server's QUIC connections
+// before any close frame goes out (Caddy's own doing, stock or not): its
+// streams must still carry no corrupted frame.
+//
+// The stream checker is TestReloadCloseFramesIntact's, whose stock
+// baseline shows it sees corruption; stock reverse_proxy cannot be the
+// baseline here: under -race its reload is a data race (its sweep flushes
+// the response stream while the copy writes to it), and without -race it
+// corrupted 25-28 of 100 tunnels a round. With the module's writer
+// recognition switched off, 100 of 100 got frames after the close frame.
 func TestReloadH2CloseFramesIntact(t *testing.T) {
 	backend := newRLBackend(t)
 	routes := func(version string) string {
 		return fmt.Sprintf(`
 	handle /up/* {
 		upgrade websocket {
-			to %s
+			to %[1]s
 		}
 	}
 	handle /version {
-		respond "%s"
+		respond "%[2]s"
 	}`, backend.Addr(), version)
 	}
 	loadH23Routes(t, routes("h0"))
-	for round := range rlRounds {
-		// A reload sends the old server's connections GOAWAY: one
-		// connection a round.
-		c := dialH23H2(t, false)
-		c.requireExtendedConnect()
-		clients := make([]*rlClient, rlH2Tunnels)
-		for i := range clients {
-			s := c.Open(h23H2Connect(false, "websocket", fmt.Sprintf("/up/h%d/%d", round, i), "sec-websocket-version", "13"), false)
-			if res := s.Response(); res.Err != nil || res.Status != http.StatusOK {
-				t.Fatalf("round %d: tunnel %d: status %d, %v", round, i, res.Status, res.Err)
-			}
-			clients[i] = &rlClient{br: bufio.NewReaderSize(s, 64<<10)}
-		}
+	version := 0
+	// round runs one reload round of tunnels under prefix and returns how
+	// their streams ended.
+	round := func(t *testing.T, tr h23Transport, prefix string) rlTally {
+		t.Helper()
+		// A reload ends the old server's connections for new streams:
+		// new connections a round.
 		var wg sync.WaitGroup
-		for _, cl := range clients {
-			wg.Go(cl.read)
-		}
+		clients := rlOpenH23(t, tr, prefix, &wg)
 		time.Sleep(rlTraffic)
-		took, err := rlPostLoad(h23Config(routes(fmt.Sprintf("h%d", round+1))))
+		version++
+		took, err := rlPostLoad(h23Config(routes(fmt.Sprintf("h%d", version))))
 		if err != nil {
-			t.Fatalf("round %d: reload: %v", round, err)
+			t.Fatalf("%s: reload: %v", prefix, err)
 		}
 		wg.Wait() // a stream without data for harnessIO ends as "still open"
 		tally := rlCount(clients)
-		t.Logf("round %d: /load took %v; %d tunnels: %v", round, took.Round(time.Millisecond), rlH2Tunnels, tally)
+		t.Logf("%s: /load took %v; %d tunnels: %v", prefix, took.Round(time.Millisecond), len(clients), tally)
 		if took > rlLoadBound {
-			t.Errorf("round %d: /load took %v, more than %v", round, took, rlLoadBound)
-		}
-		if tally.corrupt > 0 {
-			t.Errorf("round %d: %d of %d tunnels corrupted by the reload: %v", round, tally.corrupt, rlH2Tunnels, tally.examples)
+			t.Errorf("%s: /load took %v, more than %v", prefix, took, rlLoadBound)
 		}
 		if tally.data == 0 {
-			t.Errorf("round %d: no data frame reached a client", round)
+			t.Errorf("%s: no data frame reached a client", prefix)
 		}
-		for end, n := range tally.ends {
-			switch end {
-			case rlEndCloseFrame:
-			case rlEndReset:
-				t.Logf("round %d: %d tunnels reset after a frame stayed incomplete", round, n)
-			default:
-				t.Errorf("round %d: %d tunnels ended with %s, want Caddy's close frame", round, n, end)
-			}
-		}
+		return tally
 	}
+	for _, tr := range []h23Transport{h23H2C, h23H3} {
+		t.Run(string(tr), func(t *testing.T) {
+			for r := range rlRounds {
+				prefix := fmt.Sprintf("/up/%s%d", tr, r)
+				tally := round(t, tr, prefix)
+				if tally.corrupt > 0 {
+					t.Errorf("%s: %d of %d tunnels corrupted by the reload: %v", prefix, tally.corrupt, rlH2Tunnels, tally.examples)
+				}
+				for end, n := range tally.ends {
+					switch {
+					case end == rlEndCloseFrame:
+					case end == rlEndReset:
+						t.Logf("%s: %d tunnels reset after a frame stayed incomplete", prefix, n)
+					case end == rlEndH3Closed && tr == h23H3:
+					default:
+						t.Errorf("%s: %d tunnels ended with %s, want Caddy's close frame", prefix, n, end)
+					}
+				}
+			}
+		})
+	}
+}
+
+// rlOpenH23 opens rlH2Tunnels WebSocket tunnels on prefix/0 .. prefix/n-1
+// over new HTTP/2 (h2c) or HTTP/3 connections, and starts reading each
+// in wg as it opens: unread HTTP/3 streams would fill the connection's
+// flow-control window, and the next response could not come.
+func rlOpenH23(t *testing.T, tr h23Transport, prefix string, wg *sync.WaitGroup) []*rlClient {
+	t.Helper()
+	clients := make([]*rlClient, rlH2Tunnels)
+	switch tr {
+	case h23H2C:
+		c := dialH23H2(t, false)
+		c.requireExtendedConnect()
+		for i := range clients {
+			s := c.Open(h23H2Connect(false, "websocket", fmt.Sprintf("%s/%d", prefix, i), "sec-websocket-version", "13"), false)
+			if res := s.Response(); res.Err != nil || res.Status != http.StatusOK {
+				t.Fatalf("tunnel %d: status %d, %v", i, res.Status, res.Err)
+			}
+			clients[i] = &rlClient{br: bufio.NewReaderSize(s, 64<<10)}
+			wg.Go(clients[i].read)
+		}
+	case h23H3:
+		var cc *http3.ClientConn
+		for i := range clients {
+			// A few a connection, as browsers spread them.
+			if i%25 == 0 {
+				cc = dialH23H3(t)
+			}
+			res, str := h23H3Do(t, cc, h23H3Request(t, http.MethodConnect, "websocket", fmt.Sprintf("%s/%d", prefix, i), "Sec-WebSocket-Version", "13"))
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("tunnel %d: status %d", i, res.StatusCode)
+			}
+			clients[i] = &rlClient{br: bufio.NewReaderSize(h23H3Stream{str}, 64<<10)}
+			wg.Go(clients[i].read)
+		}
+	default:
+		t.Fatalf("rlOpenH23: transport %s", tr)
+	}
+	return clients
 }
 
 // TestReloadSlowReader: a client that stopped reading, its receive buffer
