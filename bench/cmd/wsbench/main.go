@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"text/template"
 	"time"
+
+	"github.com/seedf05e/caddy-upgrade/bench/proc"
 )
 
 type config struct {
@@ -63,7 +65,7 @@ var allTargets = []target{
 
 func main() {
 	var cfg config
-	var targets, steps, only string
+	var targets, steps, only, pidFile string
 	flag.StringVar(&cfg.caddy, "caddy", "bin/caddy", "Caddy binary with the upgrade module")
 	flag.StringVar(&cfg.echo, "echo", "bin/echo", "WebSocket echo backend binary")
 	flag.StringVar(&cfg.nginx, "nginx", "/usr/sbin/nginx", "nginx binary")
@@ -82,6 +84,7 @@ func main() {
 	flag.StringVar(&only, "steps", "rss,handshakes,mbps,latency,gets", "measurements to run, e.g. -steps latency")
 	flag.StringVar(&pidFile, "pidfile", "", "file listing the process groups of running children")
 	flag.Parse()
+	proc.SetPIDFile(pidFile)
 	log.SetFlags(log.Ltime)
 
 	cfg.targets = strings.Split(targets, ",")
@@ -111,7 +114,7 @@ func main() {
 	go func() {
 		s := <-sig
 		log.Printf("%v: killing children", s)
-		killAll()
+		proc.KillAll()
 		os.Exit(130)
 	}()
 
@@ -120,7 +123,7 @@ func main() {
 		log.Printf("FAILED: %v (logs in %s)", err, cfg.work)
 		code = 1
 	}
-	killAll()
+	proc.KillAll()
 	if code == 0 {
 		os.RemoveAll(cfg.work)
 	}
@@ -141,20 +144,20 @@ func run(cfg *config) error {
 			return fmt.Errorf("unknown target %q", k)
 		}
 	}
-	load0 := loadAvg()
+	load0 := proc.LoadAvg()
 	started := time.Now()
 	log.Printf("wsbench: GOMAXPROCS=%d, %d reps x %v per measurement, work dir %s, load average %s",
 		runtime.GOMAXPROCS(0), cfg.reps, cfg.dur, cfg.work, load0)
 
 	backendAddr := fmt.Sprintf("127.0.0.1:%d", backendPort)
-	if err := portFree(backendAddr); err != nil {
+	if err := proc.PortFree(backendAddr); err != nil {
 		return err
 	}
-	backend, err := startProc("echo", cfg.loadCPU, filepath.Join(cfg.work, "echo.log"), nil, cfg.echo, "-listen", backendAddr)
+	backend, err := proc.Start("echo", filepath.Join(cfg.work, "echo.log"), proc.Options{CPU: cfg.loadCPU}, cfg.echo, "-listen", backendAddr)
 	if err != nil {
 		return err
 	}
-	if err := waitListening(backend, backendAddr, 10*time.Second); err != nil {
+	if err := proc.WaitListening(backend, backendAddr, 10*time.Second); err != nil {
 		return err
 	}
 
@@ -176,7 +179,7 @@ func run(cfg *config) error {
 		}
 	}
 	res.poolLatencies()
-	report := res.report(chosen, cfg, load0, loadAvg(), time.Since(started))
+	report := res.report(chosen, cfg, load0, proc.LoadAvg(), time.Since(started))
 	fmt.Print("\n" + report)
 	if err := os.WriteFile(filepath.Join(cfg.out, "results.md"), []byte(report), 0o644); err != nil {
 		return err
@@ -203,12 +206,12 @@ func measureRSS(cfg *config, order []target, rep int, res *results) error {
 		}
 		wsURL, getURL := urls(t)
 		if err := warmUp(wsURL, getURL); err != nil {
-			p.stop()
+			p.Stop()
 			return fmt.Errorf("%s: %v", t.label, err)
 		}
 		time.Sleep(300 * time.Millisecond)
-		per, err := idleRSS(wsURL, func() (int64, error) { return groupRSSKiB(p.pid()) }, cfg.tunnelSteps, cfg.settle)
-		p.stop()
+		per, err := idleRSS(wsURL, func() (int64, error) { return proc.GroupRSSKiB(p.PID()) }, cfg.tunnelSteps, cfg.settle)
+		p.Stop()
 		if err != nil {
 			return fmt.Errorf("%s (rep %d): idle tunnels: %v", t.label, rep, err)
 		}
@@ -233,11 +236,11 @@ func measureRSS(cfg *config, order []target, rep int, res *results) error {
 // targets compared are measured seconds apart, under the same conditions
 // on a shared machine.
 func measurePerf(cfg *config, order []target, rep int, res *results) error {
-	var running []*proc
-	procOf := map[string]*proc{} // by target key; none for direct
+	var running []*proc.Proc
+	procOf := map[string]*proc.Proc{} // by target key; none for direct
 	defer func() {
 		for _, p := range running {
-			p.stop()
+			p.Stop()
 		}
 	}()
 	for _, t := range order {
@@ -273,20 +276,20 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 			p := procOf[t.key]
 			var cpu0 uint64
 			if p != nil {
-				cpu0 = groupCPUTicks(p.pid())
+				cpu0 = proc.GroupCPUTicks(p.PID())
 			}
 			hs, n, err := handshakes(wsURL, 32, cfg.dur)
 			res.add(t.key, mHandshakes, hs)
 			cpu1 := cpu0
 			if p != nil {
-				cpu1 = groupCPUTicks(p.pid())
+				cpu1 = proc.GroupCPUTicks(p.PID())
 			}
 			// cpu1 < cpu0: a process of the group exited, taking its time.
 			if p == nil || n == 0 || cpu1 < cpu0 {
 				return fmt.Sprintf("%.0f/s", hs), err
 			}
 			// USER_HZ ticks (10 ms each) over every connection served.
-			us := float64(cpu1-cpu0) * 1e6 / userHZ / float64(n)
+			us := float64(cpu1-cpu0) * 1e6 / proc.UserHZ / float64(n)
 			res.add(t.key, mCPUConn, us)
 			return fmt.Sprintf("%.0f/s %.0f µs CPU/conn", hs, us), err
 		}},
@@ -330,8 +333,8 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 			line = append(line, fmt.Sprintf("%s %s [other %.0f%%]", t.key, out, other+steal))
 		}
 		for _, p := range running {
-			if p.exited() {
-				return fmt.Errorf("%s exited during the run", p.name)
+			if p.Exited() {
+				return fmt.Errorf("%s exited during the run", p.Name)
 			}
 		}
 		log.Printf("rep %d %-11s %s", rep, st.name, strings.Join(line, ", "))
@@ -358,12 +361,12 @@ func warmUp(wsURL, getURL string) error {
 
 // startTarget renders the target's config and starts it pinned to the
 // proxy CPU; it returns nil for the direct target.
-func startTarget(cfg *config, t target, rep int, phase string) (*proc, error) {
+func startTarget(cfg *config, t target, rep int, phase string) (*proc.Proc, error) {
 	if t.kind == "direct" {
 		return nil, nil
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", t.port)
-	if err := portFree(addr); err != nil {
+	if err := proc.PortFree(addr); err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(cfg.work, fmt.Sprintf("%s-%d-%s", t.key, rep, phase))
@@ -395,24 +398,24 @@ func startTarget(cfg *config, t target, rep int, phase string) (*proc, error) {
 		return nil, err
 	}
 	logPath := filepath.Join(dir, "output.log")
-	var p *proc
+	var p *proc.Proc
 	switch t.kind {
 	case "caddy":
 		env := []string{"HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "XDG_DATA_HOME=" + dir}
-		p, err = startProc(t.key, cfg.proxyCPU, logPath, env, cfg.caddy, "run", "--adapter", "caddyfile", "--config", confPath)
+		p, err = proc.Start(t.key, logPath, proc.Options{CPU: cfg.proxyCPU, Env: env}, cfg.caddy, "run", "--adapter", "caddyfile", "--config", confPath)
 	case "nginx":
-		p, err = startProc(t.key, cfg.proxyCPU, logPath, nil, cfg.nginx, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "nginx-error.log"))
+		p, err = proc.Start(t.key, logPath, proc.Options{CPU: cfg.proxyCPU}, cfg.nginx, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "nginx-error.log"))
 	case "haproxy":
-		p, err = startProc(t.key, cfg.proxyCPU, logPath, nil, cfg.haproxy, "-db", "-f", confPath)
+		p, err = proc.Start(t.key, logPath, proc.Options{CPU: cfg.proxyCPU}, cfg.haproxy, "-db", "-f", confPath)
 	default:
 		return nil, fmt.Errorf("unknown kind %q", t.kind)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := waitListening(p, addr, 15*time.Second); err != nil {
+	if err := proc.WaitListening(p, addr, 15*time.Second); err != nil {
 		out, _ := os.ReadFile(logPath)
-		p.stop()
+		p.Stop()
 		return nil, fmt.Errorf("%v\n%s", err, tail(out, 2000))
 	}
 	return p, nil
@@ -424,18 +427,6 @@ func noFileLimit() int {
 		return 20000
 	}
 	return int(rl.Max)
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 func tail(b []byte, n int) string {

@@ -45,7 +45,7 @@ func runBackendKill(ctx context.Context, e *env, r *scenarioResult, limit int) e
 
 	killed.Store(true)
 	killedAt := time.Now()
-	e.backend.kill()
+	e.backend.Kill()
 	r.note("backend killed (SIGKILL) under %d open tunnels", limit)
 	slowest, open := waitClosed(clients, killedAt, closeBound+2*time.Second)
 	close(stop)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/seedf05e/caddy-upgrade/bench/proc"
 )
 
 // Slack over the baseline once a scenario has settled. Caddy keeps a few
@@ -38,7 +39,7 @@ func (e *env) measure(ctx context.Context) (usage, error) {
 	}
 	// After the admin request: its connection is closed by then (no
 	// keep-alive), so it does not count.
-	if u.fds, err = openFDs(e.caddy.pid()); err != nil {
+	if u.fds, err = openFDs(e.caddy.PID()); err != nil {
 		return u, fmt.Errorf("fds: %v", err)
 	}
 	if u.tunnels, err = e.tunnelsOpen(ctx); err != nil {
@@ -123,7 +124,7 @@ func (s *sampler) loop() {
 			return
 		case <-t.C:
 		}
-		rss, _ := procStatusKiB(s.e.caddy.pid(), "VmRSS")
+		rss, _ := proc.StatusKiB(s.e.caddy.PID(), "VmRSS")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		// go_goroutines, not the goroutine profile: with tens of thousands
 		// of goroutines the profile stops Caddy's world for a while, which

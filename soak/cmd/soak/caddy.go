@@ -18,6 +18,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/seedf05e/caddy-upgrade/bench/proc"
 )
 
 //go:embed Caddyfile.tmpl
@@ -52,8 +54,8 @@ type env struct {
 	backendAddr string
 	adminAddr   string
 	timeouts    serverTimeouts
-	caddy       *proc
-	backend     *proc
+	caddy       *proc.Proc
+	backend     *proc.Proc
 	site        siteConfig // the config loaded last
 	// admin has no keep-alive: a pooled admin connection would count in
 	// Caddy's fds and goroutines and blur the baseline checks.
@@ -80,7 +82,7 @@ func newEnv(cfg *config) (*env, error) {
 		},
 	}
 	for _, addr := range []string{e.listen, e.backendAddr, e.adminAddr} {
-		if err := portFree(addr); err != nil {
+		if err := proc.PortFree(addr); err != nil {
 			return nil, err
 		}
 	}
@@ -104,12 +106,12 @@ func (e *env) render(site siteConfig) ([]byte, error) {
 
 // startBackend starts the echo backend and waits until it listens.
 func (e *env) startBackend() error {
-	p, err := startProc("echo", filepath.Join(e.work, "echo.log"), nil, e.echoBin, "-listen", e.backendAddr)
+	p, err := proc.Start("echo", filepath.Join(e.work, "echo.log"), proc.Options{Append: true}, e.echoBin, "-listen", e.backendAddr)
 	if err != nil {
 		return err
 	}
 	e.backend = p
-	return waitListening(p, e.backendAddr, 10*time.Second)
+	return proc.WaitListening(p, e.backendAddr, 10*time.Second)
 }
 
 // startCaddy writes the first config, starts Caddy on it and waits for
@@ -124,17 +126,17 @@ func (e *env) startCaddy(site siteConfig) error {
 		return err
 	}
 	dirs := []string{"HOME=" + e.work, "XDG_CONFIG_HOME=" + e.work, "XDG_DATA_HOME=" + e.work}
-	p, err := startProc("caddy", filepath.Join(e.work, "caddy.log"), dirs,
+	p, err := proc.Start("caddy", filepath.Join(e.work, "caddy.log"), proc.Options{Append: true, Env: dirs},
 		e.caddyBin, "run", "--adapter", "caddyfile", "--config", path)
 	if err != nil {
 		return err
 	}
 	e.caddy = p
 	e.site = site
-	if err := waitListening(p, e.listen, 20*time.Second); err != nil {
+	if err := proc.WaitListening(p, e.listen, 20*time.Second); err != nil {
 		return fmt.Errorf("%v\n%s", err, e.caddyLogTail())
 	}
-	return waitListening(p, e.adminAddr, 5*time.Second)
+	return proc.WaitListening(p, e.adminAddr, 5*time.Second)
 }
 
 func (e *env) caddyLogTail() string {

@@ -9,9 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-const userHZ = 100 // clock ticks per second in /proc (USER_HZ)
+	"github.com/seedf05e/caddy-upgrade/bench/proc"
+)
 
 // cpuSnapshot holds CPU times in clock ticks: the machine's busy time over
 // every core, and each watched process's utime+stime.
@@ -37,10 +37,8 @@ func takeCPU(pids map[string]int) cpuSnapshot {
 		}
 	}
 	for name, pid := range pids {
-		if f := procStatFields(pid); len(f) > 12 {
-			u, _ := strconv.ParseUint(f[11], 10, 64)
-			k, _ := strconv.ParseUint(f[12], 10, 64)
-			s.procs[name] = u + k
+		if t, ok := proc.CPUTicks(pid); ok {
+			s.procs[name] = t
 		}
 	}
 	return s
@@ -51,7 +49,7 @@ func takeCPU(pids map[string]int) cpuSnapshot {
 // between (the backend in scenario 3) is left out.
 func cpuSince(a cpuSnapshot, pids map[string]int) string {
 	b := takeCPU(pids)
-	wall := b.at.Sub(a.at).Seconds() * userHZ
+	wall := b.at.Sub(a.at).Seconds() * proc.UserHZ
 	if wall <= 0 {
 		return "?"
 	}
@@ -71,22 +69,7 @@ func cpuSince(a cpuSnapshot, pids map[string]int) string {
 	return "CPU in cores: " + strings.Join(parts, ", ")
 }
 
-// procStatFields returns the fields of /proc/<pid>/stat after "(comm)":
-// state, ppid, ... (field 3 of proc(5) is index 0).
-func procStatFields(pid int) []string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(s[i+1:])
-}
-
 // watched are the processes whose CPU the report shows.
 func (e *env) watched() map[string]int {
-	return map[string]int{"caddy": e.caddy.pid(), "echo": e.backend.pid(), "soak": os.Getpid()}
+	return map[string]int{"caddy": e.caddy.PID(), "echo": e.backend.PID(), "soak": os.Getpid()}
 }

@@ -45,6 +45,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/seedf05e/caddy-upgrade/bench/proc"
 )
 
 type config struct {
@@ -194,7 +196,7 @@ func main() {
 	go func() {
 		s := <-sig
 		logf("%v: killing Caddy and the backend", s)
-		killAll()
+		proc.KillAll()
 		os.Exit(130)
 	}()
 	// The watchdog keeps the soak bounded even if something it waits on
@@ -202,7 +204,7 @@ func main() {
 	go func() {
 		time.Sleep(cfg.bound)
 		logf("FAIL: the soak did not finish within -bound %v", cfg.bound)
-		killAll()
+		proc.KillAll()
 		os.Exit(1)
 	}()
 
@@ -215,7 +217,7 @@ func main() {
 	}
 	passed, failed, err := run(cfg)
 	pprof.StopCPUProfile()
-	killAll()
+	proc.KillAll()
 	if err != nil {
 		logf("FAIL: %v", err)
 		failed = max(failed, 1)
@@ -239,7 +241,7 @@ func run(cfg *config) (passed, failed int, err error) {
 	if err := checkFDBudget(cfg, limit); err != nil {
 		return 0, 0, err
 	}
-	logf("soak %s: GOMAXPROCS=%d, open files %d, load average %s", cfg.profile, runtime.GOMAXPROCS(0), limit, loadAvg())
+	logf("soak %s: GOMAXPROCS=%d, open files %d, load average %s", cfg.profile, runtime.GOMAXPROCS(0), limit, proc.LoadAvg())
 
 	e, err := newEnv(cfg)
 	if err != nil {
@@ -292,15 +294,15 @@ func checkFDBudget(cfg *config, limit int) error {
 // open until it gets there (soak/repro/closesweep).
 func checkCaddyFDs(e *env, cfg *config) error {
 	for _, p := range []struct {
-		proc *proc
+		proc *proc.Proc
 		need int
 	}{{e.caddy, max(2*cfg.tunnels, 3*cfg.closeTunnels) + 200}, {e.backend, max(cfg.tunnels, 2*cfg.closeTunnels) + 100}} {
-		limit, err := nofileLimit(p.proc.pid())
+		limit, err := nofileLimit(p.proc.PID())
 		if err != nil {
 			return err
 		}
 		if p.need > limit {
-			return fmt.Errorf("the tunnels need about %d open files in %s, which may have %d", p.need, p.proc.name, limit)
+			return fmt.Errorf("the tunnels need about %d open files in %s, which may have %d", p.need, p.proc.Name, limit)
 		}
 	}
 	return nil
@@ -356,7 +358,7 @@ func runScenarios(e *env, cfg *config) (*results, error) {
 		return nil, err
 	}
 	logf("baseline: Caddy has %d fds and %d goroutines", base.fds, base.goroutines)
-	res := &results{profile: cfg.profile, base: base, loadBefore: loadAvg()}
+	res := &results{profile: cfg.profile, base: base, loadBefore: proc.LoadAvg()}
 	s := startSampler(e)
 	defer s.stop()
 
@@ -384,8 +386,8 @@ func runScenarios(e *env, cfg *config) (*results, error) {
 		logf("ok   %s (%v); back to %d fds, %d goroutines", sc.title, r.elapsed.Round(100*time.Millisecond), after.fds, after.goroutines)
 	}
 	res.elapsed = time.Since(started)
-	res.loadAfter = loadAvg()
-	res.hwmKiB, _ = procStatusKiB(e.caddy.pid(), "VmHWM")
+	res.loadAfter = proc.LoadAvg()
+	res.hwmKiB, _ = proc.StatusKiB(e.caddy.PID(), "VmHWM")
 	res.peakGoroutines = s.allTimePeakGoroutines()
 	if len(failed) > 0 {
 		return res, fmt.Errorf("failed: %s", strings.Join(failed, ", "))
