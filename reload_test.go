@@ -548,8 +548,12 @@ const rlH2Tunnels = 100
 // module's copy loop writes past its guard, and the guard gates Caddy's
 // close frame to a frame boundary as on HTTP/1.1. (In policy-only mode
 // Caddy's own copy writes through the guard, and its close frame is not
-// gated.) Over HTTP/3 a reload closes the old server's QUIC connections
-// before any close frame goes out (Caddy's own doing, stock or not): its
+// gated.) As on HTTP/1.1, a stream may also end without a close frame,
+// cut at or inside a frame but never with a wrong byte: Caddy may close
+// the backend side first (a full CI run saw 86 of 100 so; a quiet machine
+// none). Over HTTP/3 the old
+// server's QUIC connections close at once (H3_NO_ERROR; the harness's
+// grace_period is 1 ns) before any close frame goes out, stock or not: its
 // streams must still carry no corrupted frame.
 //
 // The stream checker is TestReloadCloseFramesIntact's, whose stock
@@ -573,6 +577,7 @@ func TestReloadH2CloseFramesIntact(t *testing.T) {
 	}
 	loadH23Routes(t, routes("h0"))
 	version := 0
+	closeFrames := map[h23Transport]int{}
 	// round runs one reload round of tunnels under prefix and returns how
 	// their streams ended.
 	round := func(t *testing.T, tr h23Transport, prefix string) rlTally {
@@ -603,21 +608,27 @@ func TestReloadH2CloseFramesIntact(t *testing.T) {
 			for r := range rlRounds {
 				prefix := fmt.Sprintf("/up/%s%d", tr, r)
 				tally := round(t, tr, prefix)
+				closeFrames[tr] += tally.ends[rlEndCloseFrame]
 				if tally.corrupt > 0 {
 					t.Errorf("%s: %d of %d tunnels corrupted by the reload: %v", prefix, tally.corrupt, rlH2Tunnels, tally.examples)
 				}
 				for end, n := range tally.ends {
 					switch {
-					case end == rlEndCloseFrame:
+					case end == rlEndCloseFrame, end == rlEndClean, end == rlEndMidFrame:
 					case end == rlEndReset:
 						t.Logf("%s: %d tunnels reset after a frame stayed incomplete", prefix, n)
 					case end == rlEndH3Closed && tr == h23H3:
 					default:
-						t.Errorf("%s: %d tunnels ended with %s, want Caddy's close frame", prefix, n, end)
+						t.Errorf("%s: %d tunnels ended with %s", prefix, n, end)
 					}
 				}
 			}
 		})
+	}
+	// Some tunnels must have had their close frame through the gate, or
+	// the test saw only streams cut by the shutdown.
+	if closeFrames[h23H2C] == 0 {
+		t.Errorf("no HTTP/2 tunnel ended with Caddy's close frame in %d reloads", rlRounds)
 	}
 }
 
