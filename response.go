@@ -144,6 +144,12 @@ type responseGuard struct {
 	// handler has returned.
 	outsideMu sync.Mutex
 	finished  bool
+	// streamMu serializes Write and FlushError on an extended CONNECT
+	// tunnel whose bytes Caddy's own copy writes (policy-only mode):
+	// Caddy's close frame and flush on a reload come from another
+	// goroutine, and the ResponseWriter is not safe for concurrent use
+	// (the race detector reports it, and streams got bytes out of order).
+	streamMu sync.Mutex
 }
 
 func (g *responseGuard) WriteHeader(code int) {
@@ -181,6 +187,10 @@ func (g *responseGuard) Write(p []byte) (int, error) {
 	if g.loopOwned.Load() {
 		t := g.tunnel
 		return t.outsideWrite(t.down, guardOutside{g}, p, func(n int) { t.carried(n, false) })
+	}
+	if g.switched && g.exp.extendedConnect {
+		g.streamMu.Lock()
+		defer g.streamMu.Unlock()
 	}
 	if !g.wroteHeader {
 		g.WriteHeader(http.StatusOK)
@@ -260,6 +270,10 @@ func (g *responseGuard) FlushError() error {
 	}
 	if g.pending101 {
 		return nil
+	}
+	if g.switched && g.exp.extendedConnect {
+		g.streamMu.Lock()
+		defer g.streamMu.Unlock()
 	}
 	return http.NewResponseController(g.ResponseWriter).Flush()
 }
