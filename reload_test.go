@@ -404,11 +404,18 @@ func (r rlTally) String() string {
 	return fmt.Sprintf("%s; %d corrupted %v; %d data frames checked", strings.Join(parts, ", "), r.corrupt, r.examples, r.data)
 }
 
-// rlConfig routes /up/* through upgrade (delegating to its proxy) and
-// /stock/* through a bare reverse_proxy, both to backend, without
-// stream_close_delay: a reload closes their tunnels at once.
+// rlConfig is rlRoutes as the harness's plain-HTTP site.
 func rlConfig(backend, version string) string {
-	return caddyfileConfig(site(fmt.Sprintf(`
+	return caddyfileConfig(site(rlRoutes(backend, version)))
+}
+
+// rlRoutes routes /up/* through upgrade (delegating to its proxy),
+// /pol/* through upgrade in policy-only mode before a reverse_proxy and
+// /stock/* through a bare reverse_proxy, all to backend, without
+// stream_close_delay: a reload closes their tunnels at once. version is
+// served on /version, so that each reload changes the config.
+func rlRoutes(backend, version string) string {
+	return fmt.Sprintf(`
 	handle /up/* {
 		upgrade websocket {
 			to %[1]s
@@ -423,7 +430,7 @@ func rlConfig(backend, version string) string {
 	}
 	handle /version {
 		respond "%[2]s"
-	}`, backend, version)))
+	}`, backend, version)
 }
 
 // rlPostLoad posts a Caddyfile to the admin API's /load and returns how
@@ -566,22 +573,7 @@ const rlH2Tunnels = 100
 // recognition switched off, 100 of 100 got frames after the close frame.
 func TestReloadH2CloseFramesIntact(t *testing.T) {
 	backend := newRLBackend(t)
-	routes := func(version string) string {
-		return fmt.Sprintf(`
-	handle /up/* {
-		upgrade websocket {
-			to %[1]s
-		}
-	}
-	handle /pol/* {
-		upgrade websocket
-		reverse_proxy %[1]s
-	}
-	handle /version {
-		respond "%[2]s"
-	}`, backend.Addr(), version)
-	}
-	loadH23Routes(t, routes("h0"))
+	loadH23Routes(t, rlRoutes(backend.Addr(), "h0"))
 	version := 0
 	// round runs one reload round of tunnels under prefix and returns how
 	// their streams ended.
@@ -593,7 +585,7 @@ func TestReloadH2CloseFramesIntact(t *testing.T) {
 		clients := rlOpenH23(t, tr, prefix, &wg)
 		time.Sleep(rlTraffic)
 		version++
-		took, err := rlPostLoad(h23Config(routes(fmt.Sprintf("h%d", version))))
+		took, err := rlPostLoad(h23Config(rlRoutes(backend.Addr(), fmt.Sprintf("h%d", version))))
 		if err != nil {
 			t.Fatalf("%s: reload: %v", prefix, err)
 		}
