@@ -86,7 +86,26 @@ func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy
 			return refusal{outcome: outcomeRejected, status: http.StatusForbidden, reason: reason}, true
 		}
 	}
+	if ref, refused := h.websocket.checkSubprotocols(r.Header); refused {
+		return ref, true
+	}
 	return refusal{}, false
+}
+
+// checkSubprotocols refuses a client whose offered subprotocols are all
+// outside websocket.subprotocols. A browser fails a handshake whose 101
+// names none of the subprotocols it offered (RFC 6455 §4.1, point 6 of the
+// client's checks), so forwarding it would only spend a backend
+// connection. 403, as for an Origin: the request is well formed, the
+// route's policy refuses it.
+func (p *websocketPolicy) checkSubprotocols(h http.Header) (refusal, bool) {
+	offered, ok := h["Sec-Websocket-Protocol"]
+	if p.subprotocols == nil || !ok || len(headerTokens(offered)) == 0 ||
+		len(filterSubprotocols(offered, p.subprotocols)) > 0 {
+		return refusal{}, false
+	}
+	return refusal{outcome: outcomeRejected, status: http.StatusForbidden,
+		reason: "none of the offered subprotocols is allowed (allowed: " + strings.Join(p.subprotocols, ", ") + ")"}, true
 }
 
 // filterSubprotocolHeader keeps only allowed subprotocols, in client order

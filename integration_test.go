@@ -726,3 +726,59 @@ func TestIntegrationTunnelTimeouts(t *testing.T) {
 		}
 	})
 }
+
+// 12. websocket.subprotocols: a client whose offered subprotocols are all
+// outside the list gets 403 naming the allowed ones, and the backend is
+// never contacted; an allowed one among them, or no offer at all, passes.
+func TestIntegrationSubprotocolsRefused(t *testing.T) {
+	backend := newRecordingBackend(t, answerEcho())
+	loadCaddyfile(t, site(fmt.Sprintf(`
+	handle /sub/* {
+		upgrade websocket {
+			subprotocols chat v2.chat
+			to %s
+		}
+	}
+	handle_errors {
+		respond "{err.status_code} {err.message} outcome={http.upgrade.outcome}"
+	}`, backend.Addr())))
+
+	lines := func(protocols ...string) []string {
+		l := wsHandshakeLines(newWebSocketKey())
+		for _, p := range protocols {
+			l = append(l, "Sec-WebSocket-Protocol: "+p)
+		}
+		return l
+	}
+	for name, offered := range map[string][]string{
+		"one unknown":          {"mqtt"},
+		"two unknown, 2 lines": {"mqtt", "soap"},
+		"case differs":         {"Chat"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			snap := backend.Snapshot()
+			res := rawDo(t, rawRequest("GET", "/sub/x", lines(offered...)...))
+			requireStatus(t, res, http.StatusForbidden)
+			if !strings.Contains(res.Body, "(allowed: chat, v2.chat)") || !strings.Contains(res.Body, "outcome=rejected") {
+				t.Errorf("403 body %q does not name the allowed subprotocols and outcome rejected", res.Body)
+			}
+			time.Sleep(50 * time.Millisecond)
+			backend.RequireUntouchedSince(snap, "offer of no allowed subprotocol")
+		})
+	}
+	for name, tc := range map[string]struct {
+		offered []string
+		want    string // forwarded Sec-WebSocket-Protocol
+	}{
+		"allowed among unknown": {[]string{"mqtt, v2.chat", "chat"}, "v2.chat, chat"},
+		"none offered":          {nil, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			res := rawDo(t, rawRequest("GET", "/sub/x", lines(tc.offered...)...))
+			requireStatus(t, res, http.StatusSwitchingProtocols)
+			if got := strings.Join(backend.LastRequest().Header["Sec-Websocket-Protocol"], "|"); got != tc.want {
+				t.Errorf("backend got Sec-WebSocket-Protocol %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
