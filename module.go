@@ -80,6 +80,7 @@ type Handler struct {
 	proxy     caddyhttp.MiddlewareHandler
 	logger    *zap.Logger
 	tunnels   *tunnelLimit
+	owner     *tunnelOwner
 	websocket websocketPolicy
 }
 
@@ -124,6 +125,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
 	h.tunnels = newTunnelLimit(h.MaxConnections)
+	h.owner = &tunnelOwner{logger: h.logger, registry: newTunnelRegistry()}
 	if err := h.websocket.provision(h.WebSocket); err != nil {
 		return err
 	}
@@ -133,10 +135,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("loading proxy: %v", err)
 		}
 		h.proxy = mod.(caddyhttp.MiddlewareHandler)
-		if rp, ok := mod.(*reverseproxy.Handler); ok {
-			guardTransport(rp)
+		if rp, ok := mod.(*reverseproxy.Handler); ok && guardTransport(rp) {
+			h.owner.delegating = true
+			h.owner.streamTimeout = time.Duration(rp.StreamTimeout)
 		}
 	}
+	return nil
+}
+
+// Cleanup closes the tunnels this instance took over from its proxy, as
+// the proxy's own Cleanup closes its tunnels: after its
+// stream_close_delay, with close frames.
+func (h *Handler) Cleanup() error {
+	if h.owner == nil {
+		return nil
+	}
+	var delay time.Duration
+	if rp, ok := h.proxy.(*reverseproxy.Handler); ok {
+		delay = time.Duration(rp.StreamCloseDelay)
+	}
+	h.owner.registry.cleanup(delay)
 	return nil
 }
 
@@ -236,5 +254,6 @@ func validateProxy(proxy caddyhttp.MiddlewareHandler) error {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -79,8 +79,9 @@ type guardedTransport struct {
 	*reverseproxy.HTTPTransport
 }
 
-func guardTransport(rp *reverseproxy.Handler) {
-	if t, ok := rp.Transport.(*reverseproxy.HTTPTransport); ok {
+func guardTransport(rp *reverseproxy.Handler) bool {
+	t, ok := rp.Transport.(*reverseproxy.HTTPTransport)
+	if ok {
 		rp.Transport = &guardedTransport{t}
 		// Every tunnel through this proxy gets a backendBody, whose
 		// loops copy both directions (tunnel_copy.go); the buffer Caddy's
@@ -88,6 +89,7 @@ func guardTransport(rp *reverseproxy.Handler) {
 		// garbage at once.
 		rp.StreamBufferSize = 1
 	}
+	return ok
 }
 
 func (t *guardedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -106,6 +108,13 @@ func (t *guardedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	if reason == "" {
 		if rwc, ok := res.Body.(io.ReadWriteCloser); ok && res.StatusCode == http.StatusSwitchingProtocols && e.tunnel != nil {
+			e.tunnel.protocol = e.selected
+			if di, ok := reverseproxy.GetDialInfo(req.Context()); ok {
+				e.tunnel.upstream = di.Address
+				if di.Upstream != nil {
+					e.tunnel.host = di.Upstream.Host
+				}
+			}
 			res.Body = newBackendBody(rwc, e.tunnel)
 		}
 		return res, nil

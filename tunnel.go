@@ -10,31 +10,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
-
-// tunnelLimit counts the tunnels open through one handler instance
-// (max_connections, SPEC §5).
-type tunnelLimit struct {
-	max  int64 // 0: unlimited
-	open atomic.Int64
-}
-
-func newTunnelLimit(max int) *tunnelLimit { return &tunnelLimit{max: int64(max)} }
-
-// acquire reserves a slot, or reports that none is free.
-func (l *tunnelLimit) acquire() bool {
-	for {
-		n := l.open.Load()
-		if l.max > 0 && n >= l.max {
-			return false
-		}
-		if l.open.CompareAndSwap(n, n+1) {
-			return true
-		}
-	}
-}
-
-func (l *tunnelLimit) release() { l.open.Add(-1) }
 
 // tunnel is one accepted upgrade from the moment it is passed on until its
 // last connection closes. Caddy's reverse proxy runs the byte copies; the
@@ -68,6 +46,18 @@ type tunnel struct {
 	// h2Client is the guard of an extended CONNECT tunnel whose client
 	// side the copy loop writes past (h2ClientWriter).
 	h2Client atomic.Pointer[responseGuard]
+
+	// The hand-over (handover.go). owner is the handler instance's; the
+	// rest is set once the backend answered, and own once the module has
+	// taken the tunnel over from Caddy's reverse proxy.
+	owner     *tunnelOwner
+	protocol  string              // the protocol switched to, for the log
+	upstream  string              // the backend's address, for the log
+	host      *reverseproxy.Host // the upstream's request counter
+	takeOnce  sync.Once
+	own       atomic.Pointer[owned]
+	bytesUp   atomic.Int64
+	bytesDown atomic.Int64
 }
 
 // closeFrameWait bounds how long a close frame from outside the copy
@@ -102,7 +92,9 @@ func (t *tunnel) outsideWrite(gate *frameGate, w io.Writer, p []byte, wrote func
 		t.mu.Lock()
 		conn := t.conn
 		t.mu.Unlock()
-		if tc, ok := conn.(*tunnelConn); ok {
+		if own := t.own.Load(); own != nil {
+			t.sendClose(t.down, own.client.conn, closeFrame1001, func(n int) { t.carried(n, false) })
+		} else if tc, ok := conn.(*tunnelConn); ok {
 			t.sendClose(t.down, tc.Conn, closeFrame1001, func(n int) { t.carried(n, false) })
 		} else if g := t.h2Client.Load(); g != nil {
 			t.sendClose(t.down, guardOutside{g}, closeFrame1001, func(n int) { t.carried(n, false) })
@@ -196,20 +188,32 @@ func (t *tunnel) start() {
 	t.metrics.Store(m)
 	t.lastSeen.Store(time.Now().UnixNano())
 	if t.maxLife > 0 {
-		t.timers = append(t.timers, time.AfterFunc(t.maxLife, t.end))
+		t.addTimer(time.AfterFunc(t.maxLife, func() { t.endBecause("max_duration") }))
 	}
 	if t.idle > 0 {
 		var timer *time.Timer
 		timer = time.AfterFunc(t.idle, func() {
 			quiet := time.Since(time.Unix(0, t.lastSeen.Load()))
 			if quiet >= t.idle {
-				t.end()
+				t.endBecause("idle_timeout")
 				return
 			}
 			timer.Reset(t.idle - quiet)
 		})
-		t.timers = append(t.timers, timer)
+		t.addTimer(timer)
 	}
+}
+
+// addTimer keeps timer to be stopped when the tunnel closes, or stops it
+// now if the tunnel has closed already.
+func (t *tunnel) addTimer(timer *time.Timer) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ended {
+		timer.Stop()
+		return
+	}
+	t.timers = append(t.timers, timer)
 }
 
 // carried accounts for n bytes moved; upstream is client to backend.
@@ -219,6 +223,11 @@ func (t *tunnel) carried(n int, upstream bool) {
 	}
 	if t.idle > 0 {
 		t.lastSeen.Store(time.Now().UnixNano())
+	}
+	if upstream {
+		t.bytesUp.Add(int64(n))
+	} else {
+		t.bytesDown.Add(int64(n))
 	}
 	if m := t.metrics.Load(); m != nil {
 		if upstream {
@@ -230,7 +239,14 @@ func (t *tunnel) carried(n int, upstream bool) {
 }
 
 // end closes both sides of the tunnel; the copies then finish on their own.
-func (t *tunnel) end() {
+func (t *tunnel) end() { t.endBecause("closed by the module") }
+
+// endBecause is end with the reason an owned tunnel logs.
+func (t *tunnel) endBecause(reason string) {
+	if t.own.Load() != nil {
+		t.finishOwned(reason, false)
+		return
+	}
 	t.cancel()
 	t.mu.Lock()
 	conn := t.conn
@@ -269,8 +285,9 @@ func (t *tunnel) close() {
 		return
 	}
 	t.ended = true
+	timers := t.timers
 	t.mu.Unlock()
-	for _, timer := range t.timers {
+	for _, timer := range timers {
 		timer.Stop()
 	}
 	t.cancel()
@@ -316,6 +333,9 @@ func (c *tunnelConn) CloseWrite() error {
 }
 
 func (c *tunnelConn) Close() error {
+	if c.t.own.Load() != nil {
+		return c.t.closeFromCaddy()
+	}
 	return c.t.closeSide(func(reset bool) error {
 		err := closeConn(c.Conn, reset)
 		c.closeOnce.Do(c.t.close)
@@ -334,4 +354,18 @@ func (b countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.t.carried(n, true)
 	return n, err
+}
+
+// closeFromCaddy is Caddy's Close of a connection the module owns: Caddy's
+// handler returning after the hand-over, which leaves the tunnel open; or,
+// if Caddy's reload sweep reached the tunnel in the moment before, the
+// end of its close frames, which closes it as a reload.
+func (t *tunnel) closeFromCaddy() error {
+	if t.closing.Load() == 0 {
+		return nil
+	}
+	return t.closeSide(func(reset bool) error {
+		t.finishOwned("reload", reset)
+		return nil
+	})
 }

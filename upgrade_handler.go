@@ -78,7 +78,7 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	ws := isWebSocket(v.entry)
-	t := &tunnel{limit: h.tunnels, cancel: cancel, label: label,
+	t := &tunnel{limit: h.tunnels, owner: h.owner, cancel: cancel, label: label,
 		idle: time.Duration(h.IdleTimeout), maxLife: time.Duration(h.MaxDuration),
 		up: newFrameGate(ws), down: newFrameGate(ws)}
 	defer t.finish()
