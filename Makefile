@@ -33,9 +33,12 @@ bin/echo: $(wildcard cmd/echo/*.go internal/echo/*.go) go.mod go.sum
 	go build -o bin/echo ./cmd/echo
 
 # One shell recipe, so the trap kills the echo backend however Caddy exits.
-# GODEBUG=http2xconnect=1 makes Caddy advertise RFC 8441 extended CONNECT on HTTP/2.
+# GODEBUG=http2xconnect=1 makes Caddy advertise RFC 8441 extended CONNECT on
+# HTTP/2, so that a browser on https://localhost:8443/ opens its WebSocket
+# over the page's HTTP/2 connection (the certificate is from Caddy's local CA).
 demo: bin/caddy bin/echo
-	@echo "open http://localhost:8080/"
+	@echo "open http://localhost:8080/ (WebSocket over HTTP/1.1)"
+	@echo "  or https://localhost:8443/ (WebSocket over HTTP/2; accept the local certificate)"
 	@bin/echo -listen 127.0.0.1:9001 & echo_pid=$$!; \
 	trap 'kill $$echo_pid 2>/dev/null || true' EXIT; \
 	trap 'exit 130' INT TERM; \
