@@ -51,8 +51,8 @@ type tunnel struct {
 	// rest is set once the backend answered, and own once the module has
 	// taken the tunnel over from Caddy's reverse proxy.
 	owner     *tunnelOwner
-	protocol  string              // the protocol switched to, for the log
-	upstream  string              // the backend's address, for the log
+	protocol  string             // the protocol switched to, for the log
+	upstream  string             // the backend's address, for the log
 	host      *reverseproxy.Host // the upstream's request counter
 	takeOnce  sync.Once
 	own       atomic.Pointer[owned]

@@ -176,9 +176,6 @@ func sourceOf(src io.Reader) (s source, wentPast bool) {
 	return s, false
 }
 
-
-
-
 // bufferedAbove reports whether net/http's 101 body still holds bytes
 // read past the 101. Once drained, net/http drops that buffer for good.
 func (s *source) bufferedAbove() bool {
