@@ -518,7 +518,8 @@ func (r *results) chart(ts []target, path string) error {
 	p.NominalX(names...)
 	p.Y.Min = 0
 	p.Y.Max = top * 1.35 // room for the legend above the bars
-	return p.Save(10*vg.Inch, 5*vg.Inch, path)
+	// 1.25 inches a metric keeps the labels under their bars apart.
+	return p.Save(max(10, 1.25*vg.Length(len(ms)))*vg.Inch, 5*vg.Inch, path)
 }
 
 // onlineCPUs counts the machine's CPUs (runtime.NumCPU only sees the ones
