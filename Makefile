@@ -81,8 +81,10 @@ clean:
 
 # Load benchmark: direct, bare Caddy, Caddy with the upgrade module (policy
 # and delegation), nginx and HAProxy, each pinned to CPU 0 with the load
-# generator and backend on CPU 1. Writes bench/results.md and
-# bench/results.png. Micro-benchmarks: go test -run '^$' -bench . -benchmem .
+# generator and backend on CPU 1, over plain ws:// and then over wss:// with
+# each proxy terminating TLS 1.3 (one mode: bench/run.sh -tls plain, or
+# -tls tls). Writes bench/results.md, bench/results.png and
+# bench/results-tls.png. Micro-benchmarks: go test -run '^$' -bench . -benchmem .
 .PHONY: bench
 bench:
 	bench/run.sh
@@ -91,8 +93,11 @@ bench:
 # backend as separate processes on 127.0.0.1, driven by soak/cmd/soak, which
 # exits non-zero on any failed assertion. `make soak` is the full form (9,000
 # tunnels, about 12 minutes; writes soak/results.md), `make soak-short` the
-# CI form (1,000 tunnels, about 1.5 minutes). Extra flags: SOAK_FLAGS=...
-.PHONY: soak soak-short
+# CI form (1,000 tunnels, about 1.5 minutes). The -tls forms run the same
+# scenarios and assertions with Caddy terminating TLS 1.3 on a certificate
+# made for the run and every client on wss:// or https://. Extra flags:
+# SOAK_FLAGS=...
+.PHONY: soak soak-short soak-tls soak-short-tls
 soak: bin/caddy bin/echo
 	go build -C soak -o bin/soak ./cmd/soak
 	soak/bin/soak -profile full -out soak/results.md $(SOAK_FLAGS)
@@ -100,3 +105,11 @@ soak: bin/caddy bin/echo
 soak-short: bin/caddy bin/echo
 	go build -C soak -o bin/soak ./cmd/soak
 	soak/bin/soak -profile short $(SOAK_FLAGS)
+
+soak-tls: bin/caddy bin/echo
+	go build -C soak -o bin/soak ./cmd/soak
+	soak/bin/soak -profile full -tls -out soak/results-tls.md $(SOAK_FLAGS)
+
+soak-short-tls: bin/caddy bin/echo
+	go build -C soak -o bin/soak ./cmd/soak
+	soak/bin/soak -profile short -tls $(SOAK_FLAGS)

@@ -2,7 +2,8 @@
 # The one command behind `make bench`: installs nginx and HAProxy if they are
 # missing, builds bin/caddy (with this module), bin/echo and the load
 # harness, then runs bench/cmd/wsbench pinned to CPU 1 (the proxies go to
-# CPU 0). Extra arguments go to wsbench, e.g. `bench/run.sh -reps 1 -dur 1s`.
+# CPU 0). Extra arguments go to wsbench, e.g. `bench/run.sh -reps 1 -dur 1s`,
+# or `bench/run.sh -tls tls` for the TLS mode alone (default: plain, then TLS).
 # On a machine shared with other work, BENCH_NICE=-10 runs the benchmark (and
 # every process it starts) at that niceness so it takes priority.
 # Every process it starts is killed on exit, however it exits.

@@ -3,19 +3,29 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/seedf05e/caddy-upgrade/bench/tlscert"
 )
+
+// clientTLS is what every wss:// and https:// client of the run dials
+// with: TLS 1.3, the run's certificate pinned, no session resumption. Nil
+// when no mode is TLS.
+var clientTLS *tls.Config
 
 // Client connections take their source address in turn from 127.0.0.1 to
 // 127.0.0.<srcIPs>, so that many short connections to one proxy port do not
@@ -40,7 +50,17 @@ func wsDialer(bufSize int) *websocket.Dialer {
 		HandshakeTimeout: 5 * time.Second,
 		ReadBufferSize:   bufSize,
 		WriteBufferSize:  bufSize,
+		TLSClientConfig:  clientTLS,
 	}
+}
+
+// rawConn is the TCP connection under c, below TLS if any.
+func rawConn(c *websocket.Conn) net.Conn {
+	nc := c.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return nc
 }
 
 // openEcho opens a WebSocket and checks one 16-byte echo.
@@ -220,24 +240,42 @@ func throughput(url string, conns, msgSize int, warm, dur time.Duration) (float6
 	b1, t1 := received.Load(), time.Now()
 	stop.Store(true)
 	for _, c := range cs {
-		c.UnderlyingConn().Close() // unblocks both loops
+		// Below TLS: a TLS close would first try to send its close_notify
+		// alert behind the blocked writer.
+		rawConn(c).Close() // unblocks both loops
 	}
 	wg.Wait()
 	return float64(b1-b0) / 1e6 / t1.Sub(t0).Seconds(), errs.err()
 }
 
+// latencyRun is what latency measured.
+type latencyRun struct {
+	rts []time.Duration // sorted round trips of the messages sent after the warm-up
+	// echoed counts every message echoed, warm-up included, and cpuNanos
+	// is the proxy's CPU time over the same span (cpuOK: it was read),
+	// from the first send to the last echo: the connections' handshakes
+	// are outside it.
+	echoed   int64
+	cpuNanos uint64
+	cpuOK    bool
+}
+
 // latency: conns WebSockets together send rate 64-byte messages a second,
 // each on a fixed schedule, one outstanding at a time; the latency of a
 // message runs from its scheduled send time to its echo (so a late send
-// counts). Returns the sorted round trips of the messages sent after the
-// warm-up.
-func latency(url string, conns int, rate float64, warm, dur time.Duration) ([]time.Duration, error) {
+// counts). proxyCPU, if not nil, reads the proxy's CPU time.
+func latency(url string, conns int, rate float64, warm, dur time.Duration, proxyCPU func() (uint64, bool)) (latencyRun, error) {
+	var lr latencyRun
 	d := wsDialer(1024)
 	msg := make([]byte, 64)
 	cs, err := openEchoes(d, url, conns, msg[:16])
 	defer closeAll(cs)
 	if err != nil {
-		return nil, err
+		return lr, err
+	}
+	var cpu0 uint64
+	if proxyCPU != nil {
+		cpu0, lr.cpuOK = proxyCPU()
 	}
 	interval := time.Duration(float64(time.Second) / rate)
 	period := interval * time.Duration(conns)
@@ -246,6 +284,7 @@ func latency(url string, conns int, rate float64, warm, dur time.Duration) ([]ti
 	end := measureFrom.Add(dur)
 	var mu sync.Mutex
 	var samples []time.Duration
+	var echoed atomic.Int64
 	var errs errCounter
 	var wg sync.WaitGroup
 	for i, c := range cs {
@@ -267,6 +306,7 @@ func latency(url string, conns int, rate float64, warm, dur time.Duration) ([]ti
 					errs.add(err)
 					return
 				}
+				echoed.Add(1)
 				if !at.Before(measureFrom) {
 					local = append(local, time.Since(at))
 				}
@@ -277,11 +317,19 @@ func latency(url string, conns int, rate float64, warm, dur time.Duration) ([]ti
 		})
 	}
 	wg.Wait()
+	if proxyCPU != nil {
+		cpu1, ok := proxyCPU()
+		// cpu1 < cpu0: a thread of the proxy exited, taking its time.
+		lr.cpuOK = lr.cpuOK && ok && cpu1 >= cpu0
+		lr.cpuNanos = cpu1 - cpu0
+	}
+	lr.echoed = echoed.Load()
 	if len(samples) == 0 {
-		return nil, errors.Join(errors.New("no latency samples"), errs.err())
+		return lr, errors.Join(errors.New("no latency samples"), errs.err())
 	}
 	slices.Sort(samples)
-	return samples, errs.err()
+	lr.rts = samples
+	return lr, errs.err()
 }
 
 // gets: conc workers send plain GETs over keep-alive connections. Returns
@@ -289,6 +337,7 @@ func latency(url string, conns int, rate float64, warm, dur time.Duration) ([]ti
 func gets(url string, conc int, dur time.Duration) (float64, error) {
 	tr := &http.Transport{
 		DialContext:         dialTCP,
+		TLSClientConfig:     clientTLS,
 		MaxIdleConns:        conc * 2,
 		MaxIdleConnsPerHost: conc * 2,
 		DisableCompression:  true,
@@ -326,10 +375,17 @@ func gets(url string, conc int, dur time.Duration) (float64, error) {
 	return float64(done.Load()) / dur.Seconds(), errs.errBeyond("GETs "+url, done.Load(), 0.01)
 }
 
+// idleStep is what idleRSS read at one step, per open tunnel.
+type idleStep struct {
+	rssKiB     float64
+	goroutines float64 // NaN without a goroutine counter
+}
+
 // idleRSS opens idle tunnels (handshake plus one echo each) up to every
 // step in turn and returns the growth of the proxy's RSS per open tunnel
-// at each step, in KiB, measured from just before the first tunnel.
-func idleRSS(url string, rss func() (int64, error), steps []int, settle time.Duration) ([]float64, error) {
+// at each step, in KiB, and of its goroutines if goroutines is not nil,
+// both measured from just before the first tunnel.
+func idleRSS(url string, rss func() (int64, error), goroutines func() (int, error), steps []int, settle time.Duration) ([]idleStep, error) {
 	d := wsDialer(512)
 	msg := make([]byte, 16)
 	var cs []*websocket.Conn
@@ -338,11 +394,20 @@ func idleRSS(url string, rss func() (int64, error), steps []int, settle time.Dur
 			c.Close()
 		}
 	}()
+	// Goroutines first: whatever reading them allocates is then in the
+	// base RSS, not in the tunnels'.
+	var g0 int
+	if goroutines != nil {
+		var err error
+		if g0, err = goroutines(); err != nil {
+			return nil, fmt.Errorf("goroutines: %v", err)
+		}
+	}
 	base, err := rss()
 	if err != nil {
 		return nil, err
 	}
-	var out []float64
+	var out []idleStep
 	for _, n := range steps {
 		need := n - len(cs)
 		var mu sync.Mutex
@@ -382,14 +447,81 @@ func idleRSS(url string, rss func() (int64, error), steps []int, settle time.Dur
 		if err != nil {
 			return out, err
 		}
-		out = append(out, float64(now-base)/float64(n))
+		step := idleStep{rssKiB: float64(now-base) / float64(n), goroutines: math.NaN()}
+		if goroutines != nil {
+			g, err := goroutines()
+			if err != nil {
+				return out, fmt.Errorf("goroutines: %v", err)
+			}
+			step.goroutines = float64(g-g0) / float64(n)
+		}
+		out = append(out, step)
 	}
 	return out, nil
 }
 
-// statusOf sends one raw HTTP/1.1 request and returns the response status.
-func statusOf(addr, request string) (int, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+// adminClient reads Caddy's admin API. No keep-alive: a pooled connection
+// would hold a goroutine in Caddy between two readings.
+var adminClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// caddyGoroutines reads go_goroutines from the /metrics of the Caddy
+// whose admin API listens on adminAddr.
+func caddyGoroutines(adminAddr string) (int, error) {
+	res, err := adminClient.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, err
+	}
+	if res.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET /metrics: %s", res.Status)
+	}
+	return gaugeValue(body, "go_goroutines")
+}
+
+// gaugeValue finds an unlabelled sample in a Prometheus text exposition.
+func gaugeValue(exposition []byte, name string) (int, error) {
+	for line := range strings.SplitSeq(string(exposition), "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %q: %v", name, line, err)
+			}
+			return int(v), nil
+		}
+	}
+	return 0, fmt.Errorf("no %s in the metrics", name)
+}
+
+// tlsParams makes one TLS connection to addr and names what it negotiated
+// for the report; anything but TLS 1.3 fails.
+func tlsParams(addr string) (string, error) {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, clientTLS)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	cs := conn.ConnectionState()
+	if cs.Version != tls.VersionTLS13 {
+		return "", fmt.Errorf("negotiated %s, want TLS 1.3", tls.VersionName(cs.Version))
+	}
+	return tlscert.Describe(cs), nil
+}
+
+// statusOf sends one raw HTTP/1.1 request, over TLS if useTLS, and
+// returns the response status.
+func statusOf(addr string, useTLS bool, request string) (int, error) {
+	var c net.Conn
+	var err error
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	if useTLS {
+		c, err = tls.DialWithDialer(d, "tcp", addr, clientTLS)
+	} else {
+		c, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -4,6 +4,12 @@
 // policy-only mode and delegating, nginx, HAProxy), measures it, and writes
 // a table of medians (bench/results.md) and a bar chart (bench/results.png).
 //
+// Each proxy is measured in two modes (-tls): plain, ws:// and http://, and
+// TLS, wss:// and https:// with the proxy terminating TLS 1.3 on a
+// certificate made for the run (bench/tlscert); the backend behind it stays
+// plain ws:// either way. Ratios are taken to bare Caddy in the same mode;
+// the TLS chart is bench/results-tls.png.
+//
 // The proxy under test is pinned to one core (taskset -c <proxy-cpu>); run
 // wsbench itself, the load generator, pinned to the other core with the
 // backend (bench/run.sh does: taskset -c 1 wsbench ...).
@@ -18,6 +24,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +32,7 @@ import (
 	"time"
 
 	"github.com/seedf05e/caddy-upgrade/bench/proc"
+	"github.com/seedf05e/caddy-upgrade/bench/tlscert"
 )
 
 type config struct {
@@ -36,6 +44,10 @@ type config struct {
 	targets                     []string
 	tunnelSteps                 []int
 	latencyRate                 float64
+	// modes lists the modes to run, in order: false is plain, true TLS.
+	modes []bool
+	// cert is the run's certificate, nil if no mode is TLS.
+	cert *tlscert.Cert
 	// steps selects the measurements by name (rss, handshakes, mbps,
 	// latency, gets); the report leaves out the lines of the others.
 	steps map[string]bool
@@ -50,9 +62,54 @@ type target struct {
 	// module marks targets that run the upgrade module in front of the
 	// WebSocket path: a version-12 handshake must get its 426.
 	module bool
+	// tls: clients reach the target over TLS, which it terminates.
+	tls bool
 }
 
-const backendPort = 18900
+const (
+	backendPort = 18900
+	// A target's TLS instance listens tlsPortOffset above its plain one,
+	// and a Caddy target's admin API adminPortOffset above its site.
+	tlsPortOffset   = 10
+	adminPortOffset = 100
+)
+
+// id keys the target's samples: the TLS instance's are apart from the
+// plain one's.
+func (t target) id() string {
+	if t.tls {
+		return t.key + "-tls"
+	}
+	return t.key
+}
+
+// name is the target's label, marked for the TLS instance.
+func (t target) name() string {
+	if t.tls {
+		return t.label + " (TLS)"
+	}
+	return t.label
+}
+
+func (t target) addr() string {
+	port := t.port
+	if t.tls {
+		port += tlsPortOffset
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// adminAddr is where a Caddy target's admin API listens.
+func (t target) adminAddr() string {
+	port := t.port + adminPortOffset
+	if t.tls {
+		port += tlsPortOffset
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// refID is the id of the target every ratio of t's mode is taken to.
+func refID(tls bool) string { return target{key: "bare", tls: tls}.id() }
 
 var allTargets = []target{
 	{key: "direct", label: "direct", port: backendPort, kind: "direct"},
@@ -65,7 +122,7 @@ var allTargets = []target{
 
 func main() {
 	var cfg config
-	var targets, steps, only, pidFile string
+	var targets, steps, only, pidFile, modes string
 	flag.StringVar(&cfg.caddy, "caddy", "bin/caddy", "Caddy binary with the upgrade module")
 	flag.StringVar(&cfg.echo, "echo", "bin/echo", "WebSocket echo backend binary")
 	flag.StringVar(&cfg.nginx, "nginx", "/usr/sbin/nginx", "nginx binary")
@@ -82,6 +139,7 @@ func main() {
 	flag.StringVar(&steps, "tunnels", "2000,9000", "idle tunnel counts at which RSS is read")
 	flag.Float64Var(&cfg.latencyRate, "rate", 2000, "latency test: messages per second over all 64 connections")
 	flag.StringVar(&only, "steps", "rss,handshakes,mbps,latency,gets", "measurements to run, e.g. -steps latency")
+	flag.StringVar(&modes, "tls", "plain,tls", "modes to run, in order: plain (ws://) and tls (wss://, each proxy terminating TLS 1.3)")
 	flag.StringVar(&pidFile, "pidfile", "", "file listing the process groups of running children")
 	flag.Parse()
 	proc.SetPIDFile(pidFile)
@@ -95,6 +153,18 @@ func main() {
 			cfg.steps[s] = true
 		default:
 			log.Fatalf("-steps: unknown measurement %q", s)
+		}
+	}
+	for _, s := range strings.Split(modes, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "plain", "tls":
+			tls := s == "tls"
+			if slices.Contains(cfg.modes, tls) {
+				log.Fatalf("-tls: %q twice", s)
+			}
+			cfg.modes = append(cfg.modes, tls)
+		default:
+			log.Fatalf("-tls: unknown mode %q (plain or tls)", s)
 		}
 	}
 	for _, s := range strings.Split(steps, ",") {
@@ -131,18 +201,15 @@ func main() {
 }
 
 func run(cfg *config) error {
-	var chosen []target
-	for _, k := range cfg.targets {
-		found := false
-		for _, t := range allTargets {
-			if t.key == k {
-				chosen = append(chosen, t)
-				found = true
-			}
+	chosen, err := instances(cfg.targets, cfg.modes)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(cfg.modes, true) {
+		if cfg.cert, err = tlscert.Write(cfg.work); err != nil {
+			return fmt.Errorf("certificate: %v", err)
 		}
-		if !found {
-			return fmt.Errorf("unknown target %q", k)
-		}
+		clientTLS = cfg.cert.ClientConfig()
 	}
 	load0 := proc.LoadAvg()
 	started := time.Now()
@@ -181,15 +248,58 @@ func run(cfg *config) error {
 	res.poolLatencies()
 	report := res.report(chosen, cfg, load0, proc.LoadAvg(), time.Since(started))
 	fmt.Print("\n" + report)
-	if err := os.WriteFile(filepath.Join(cfg.out, "results.md"), []byte(report), 0o644); err != nil {
+	written := []string{filepath.Join(cfg.out, "results.md")}
+	if err := os.WriteFile(written[0], []byte(report), 0o644); err != nil {
 		return err
 	}
-	if err := res.chart(chosen, filepath.Join(cfg.out, "results.png")); err != nil {
-		return fmt.Errorf("chart: %v", err)
+	for _, tls := range cfg.modes {
+		path := filepath.Join(cfg.out, chartFile(tls))
+		if err := res.chart(ofMode(chosen, tls), path); err != nil {
+			return fmt.Errorf("chart: %v", err)
+		}
+		written = append(written, path)
 	}
-	log.Printf("wrote %s and %s in %v", filepath.Join(cfg.out, "results.md"), filepath.Join(cfg.out, "results.png"),
-		time.Since(started).Round(time.Second))
+	log.Printf("wrote %s in %v", strings.Join(written, ", "), time.Since(started).Round(time.Second))
 	return nil
+}
+
+// instances are the targets to run, by key, in each mode in turn. The
+// backend has no TLS, so direct is a plain target only.
+func instances(keys []string, modes []bool) ([]target, error) {
+	var out []target
+	for _, tls := range modes {
+		for _, k := range keys {
+			i := slices.IndexFunc(allTargets, func(t target) bool { return t.key == k })
+			if i < 0 {
+				return nil, fmt.Errorf("unknown target %q", k)
+			}
+			t := allTargets[i]
+			if tls && t.kind == "direct" {
+				continue
+			}
+			t.tls = tls
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// ofMode keeps the targets of one mode.
+func ofMode(ts []target, tls bool) []target {
+	var out []target
+	for _, t := range ts {
+		if t.tls == tls {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func chartFile(tls bool) string {
+	if tls {
+		return "results-tls.png"
+	}
+	return "results.png"
 }
 
 // measureRSS runs the idle-tunnel test on each proxy in turn, each freshly
@@ -207,25 +317,36 @@ func measureRSS(cfg *config, order []target, rep int, res *results) error {
 		wsURL, getURL := urls(t)
 		if err := warmUp(wsURL, getURL); err != nil {
 			p.Stop()
-			return fmt.Errorf("%s: %v", t.label, err)
+			return fmt.Errorf("%s: %v", t.name(), err)
 		}
 		time.Sleep(300 * time.Millisecond)
-		per, err := idleRSS(wsURL, func() (int64, error) { return proc.GroupRSSKiB(p.PID()) }, cfg.tunnelSteps, cfg.settle)
+		var goroutines func() (int, error)
+		if t.kind == "caddy" {
+			goroutines = func() (int, error) { return caddyGoroutines(t.adminAddr()) }
+		}
+		per, err := idleRSS(wsURL, func() (int64, error) { return proc.GroupRSSKiB(p.PID()) }, goroutines, cfg.tunnelSteps, cfg.settle)
 		p.Stop()
 		if err != nil {
-			return fmt.Errorf("%s (rep %d): idle tunnels: %v", t.label, rep, err)
+			return fmt.Errorf("%s (rep %d): idle tunnels: %v", t.name(), rep, err)
 		}
 		var line []string
 		for i, n := range cfg.tunnelSteps {
 			if i < 2 {
-				res.add(t.key, rssMetric(i), per[i])
-				if per[i] > 0 {
-					res.add(t.key, perGiBMetric(i), kibPerGiB/per[i])
+				res.add(t.id(), rssMetric(i), per[i].rssKiB)
+				if per[i].rssKiB > 0 {
+					res.add(t.id(), perGiBMetric(i), kibPerGiB/per[i].rssKiB)
 				}
 			}
-			line = append(line, fmt.Sprintf("@%d %.1f KiB", n, per[i]))
+			if i == len(cfg.tunnelSteps)-1 && goroutines != nil {
+				res.add(t.id(), mGoroutines, per[i].goroutines)
+			}
+			part := fmt.Sprintf("@%d %.1f KiB", n, per[i].rssKiB)
+			if goroutines != nil {
+				part += fmt.Sprintf(" %.2f goroutines", per[i].goroutines)
+			}
+			line = append(line, part)
 		}
-		log.Printf("rep %d %-17s RSS per idle tunnel %s (%v)", rep, t.label, strings.Join(line, ", "),
+		log.Printf("rep %d %-23s per idle tunnel %s (%v)", rep, t.name(), strings.Join(line, ", "),
 			time.Since(t0).Round(100*time.Millisecond))
 	}
 	return nil
@@ -250,19 +371,26 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 		}
 		if p != nil {
 			running = append(running, p)
-			procOf[t.key] = p
+			procOf[t.id()] = p
+		}
+		if t.tls {
+			desc, err := tlsParams(t.addr())
+			if err != nil {
+				return fmt.Errorf("%s: %v", t.name(), err)
+			}
+			res.tlsParams[t.id()] = desc
 		}
 		if t.module {
-			addr := fmt.Sprintf("127.0.0.1:%d", t.port)
-			st, err := statusOf(addr, "GET /ws HTTP/1.1\r\nHost: "+addr+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+			addr := t.addr()
+			st, err := statusOf(addr, t.tls, "GET /ws HTTP/1.1\r\nHost: "+addr+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
 				"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n")
 			if err != nil || st != 426 {
-				return fmt.Errorf("%s: the upgrade module is not in the path: version-12 handshake got %d, %v (want 426)", t.label, st, err)
+				return fmt.Errorf("%s: the upgrade module is not in the path: version-12 handshake got %d, %v (want 426)", t.name(), st, err)
 			}
 		}
 		wsURL, getURL := urls(t)
 		if err := warmUp(wsURL, getURL); err != nil {
-			return fmt.Errorf("%s: %v", t.label, err)
+			return fmt.Errorf("%s: %v", t.name(), err)
 		}
 	}
 	type step struct {
@@ -273,13 +401,13 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 	steps := []step{
 		{"handshakes", []metricKey{mHandshakes, mCPUConn}, func(t target) (string, error) {
 			wsURL, _ := urls(t)
-			p := procOf[t.key]
+			p := procOf[t.id()]
 			var cpu0 uint64
 			if p != nil {
 				cpu0 = proc.GroupCPUTicks(p.PID())
 			}
 			hs, n, err := handshakes(wsURL, 32, cfg.dur)
-			res.add(t.key, mHandshakes, hs)
+			res.add(t.id(), mHandshakes, hs)
 			cpu1 := cpu0
 			if p != nil {
 				cpu1 = proc.GroupCPUTicks(p.PID())
@@ -290,28 +418,38 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 			}
 			// USER_HZ ticks (10 ms each) over every connection served.
 			us := float64(cpu1-cpu0) * 1e6 / proc.UserHZ / float64(n)
-			res.add(t.key, mCPUConn, us)
+			res.add(t.id(), mCPUConn, us)
 			return fmt.Sprintf("%.0f/s %.0f µs CPU/conn", hs, us), err
 		}},
 		{"mbps", []metricKey{mMBps}, func(t target) (string, error) {
 			wsURL, _ := urls(t)
 			mbps, err := throughput(wsURL, 8, 64<<10, cfg.warm, cfg.dur)
-			res.add(t.key, mMBps, mbps)
+			res.add(t.id(), mMBps, mbps)
 			return fmt.Sprintf("%.0f MB/s", mbps), err
 		}},
-		{"latency", []metricKey{mP50, mP99}, func(t target) (string, error) {
+		{"latency", []metricKey{mP50, mP99, mCPUMsg}, func(t target) (string, error) {
 			wsURL, _ := urls(t)
-			rts, err := latency(wsURL, 64, cfg.latencyRate, cfg.warm, cfg.dur)
-			if len(rts) == 0 {
+			var cpu func() (uint64, bool)
+			if p := procOf[t.id()]; p != nil {
+				cpu = func() (uint64, bool) { return proc.GroupCPUNanos(p.PID()) }
+			}
+			lr, err := latency(wsURL, 64, cfg.latencyRate, cfg.warm, cfg.dur, cpu)
+			if len(lr.rts) == 0 {
 				return "", err
 			}
-			p50, p99 := res.addLatencies(t.key, rts)
-			return fmt.Sprintf("p50 %v p99 %v", p50.Round(time.Microsecond), p99.Round(time.Microsecond)), err
+			p50, p99 := res.addLatencies(t.id(), lr.rts)
+			out := fmt.Sprintf("p50 %v p99 %v", p50.Round(time.Microsecond), p99.Round(time.Microsecond))
+			if lr.cpuOK && lr.echoed > 0 {
+				us := float64(lr.cpuNanos) / 1e3 / float64(lr.echoed)
+				res.add(t.id(), mCPUMsg, us)
+				out += fmt.Sprintf(" %.1f µs CPU/msg", us)
+			}
+			return out, err
 		}},
 		{"gets", []metricKey{mGets}, func(t target) (string, error) {
 			_, getURL := urls(t)
 			rps, err := gets(getURL, 32, cfg.dur)
-			res.add(t.key, mGets, rps)
+			res.add(t.id(), mGets, rps)
 			return fmt.Sprintf("%.0f/s", rps), err
 		}},
 	}
@@ -324,13 +462,13 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 			before := takeCPUSample()
 			out, err := st.run(t)
 			if err != nil {
-				return fmt.Errorf("%s (rep %d): %s: %v", t.label, rep, st.name, err)
+				return fmt.Errorf("%s (rep %d): %s: %v", t.name(), rep, st.name, err)
 			}
 			other, steal := foreignCPU(before, takeCPUSample(), onlineCPUs())
 			for _, k := range st.metrics {
-				res.addForeign(t.key, k, other+steal)
+				res.addForeign(t.id(), k, other+steal)
 			}
-			line = append(line, fmt.Sprintf("%s %s [other %.0f%%]", t.key, out, other+steal))
+			line = append(line, fmt.Sprintf("%s %s [other %.0f%%]", t.id(), out, other+steal))
 		}
 		for _, p := range running {
 			if p.Exited() {
@@ -343,8 +481,10 @@ func measurePerf(cfg *config, order []target, rep int, res *results) error {
 }
 
 func urls(t target) (wsURL, getURL string) {
-	addr := fmt.Sprintf("127.0.0.1:%d", t.port)
-	return "ws://" + addr + "/ws", "http://" + addr + "/"
+	if t.tls {
+		return "wss://" + t.addr() + "/ws", "https://" + t.addr() + "/"
+	}
+	return "ws://" + t.addr() + "/ws", "http://" + t.addr() + "/"
 }
 
 // warmUp opens a few WebSockets and sends a few GETs, so that the first
@@ -365,11 +505,16 @@ func startTarget(cfg *config, t target, rep int, phase string) (*proc.Proc, erro
 	if t.kind == "direct" {
 		return nil, nil
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", t.port)
+	addr := t.addr()
 	if err := proc.PortFree(addr); err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(cfg.work, fmt.Sprintf("%s-%d-%s", t.key, rep, phase))
+	if t.kind == "caddy" {
+		if err := proc.PortFree(t.adminAddr()); err != nil {
+			return nil, err
+		}
+	}
+	dir := filepath.Join(cfg.work, fmt.Sprintf("%s-%d-%s", t.id(), rep, phase))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -378,12 +523,17 @@ func startTarget(cfg *config, t target, rep int, phase string) (*proc.Proc, erro
 		maxConn = n
 	}
 	vars := map[string]any{
-		"Port":              t.port,
+		"Port":              strings.TrimPrefix(addr, "127.0.0.1:"),
+		"AdminPort":         strings.TrimPrefix(t.adminAddr(), "127.0.0.1:"),
+		"TLS":               t.tls,
 		"Backend":           fmt.Sprintf("127.0.0.1:%d", backendPort),
 		"Dir":               dir,
 		"MaxConn":           maxConn,
 		"NoFile":            noFileLimit(),
 		"WorkerConnections": noFileLimit() - 100,
+	}
+	if t.tls {
+		vars["Cert"], vars["Key"], vars["Bundle"] = cfg.cert.CertFile, cfg.cert.KeyFile, cfg.cert.BundleFile
 	}
 	tmpl, err := template.ParseFiles(filepath.Join(cfg.configs, t.conf))
 	if err != nil {
@@ -402,11 +552,11 @@ func startTarget(cfg *config, t target, rep int, phase string) (*proc.Proc, erro
 	switch t.kind {
 	case "caddy":
 		env := []string{"HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "XDG_DATA_HOME=" + dir}
-		p, err = proc.Start(t.key, logPath, proc.Options{CPU: cfg.proxyCPU, Env: env}, cfg.caddy, "run", "--adapter", "caddyfile", "--config", confPath)
+		p, err = proc.Start(t.id(), logPath, proc.Options{CPU: cfg.proxyCPU, Env: env}, cfg.caddy, "run", "--adapter", "caddyfile", "--config", confPath)
 	case "nginx":
-		p, err = proc.Start(t.key, logPath, proc.Options{CPU: cfg.proxyCPU}, cfg.nginx, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "nginx-error.log"))
+		p, err = proc.Start(t.id(), logPath, proc.Options{CPU: cfg.proxyCPU}, cfg.nginx, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "nginx-error.log"))
 	case "haproxy":
-		p, err = proc.Start(t.key, logPath, proc.Options{CPU: cfg.proxyCPU}, cfg.haproxy, "-db", "-f", confPath)
+		p, err = proc.Start(t.id(), logPath, proc.Options{CPU: cfg.proxyCPU}, cfg.haproxy, "-db", "-f", confPath)
 	default:
 		return nil, fmt.Errorf("unknown kind %q", t.kind)
 	}

@@ -7,10 +7,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,7 +22,12 @@ import (
 	"time"
 
 	"github.com/seedf05e/caddy-upgrade/bench/proc"
+	"github.com/seedf05e/caddy-upgrade/bench/tlscert"
 )
+
+// clientTLS is what every client of a TLS soak dials Caddy's site with:
+// TLS 1.3, the run's certificate pinned. Nil in a plain soak.
+var clientTLS *tls.Config
 
 //go:embed Caddyfile.tmpl
 var caddyfileTmpl string
@@ -57,9 +64,12 @@ type env struct {
 	caddy       *proc.Proc
 	backend     *proc.Proc
 	site        siteConfig // the config loaded last
-	// admin has no keep-alive: a pooled admin connection would count in
-	// Caddy's fds and goroutines and blur the baseline checks.
-	admin *http.Client
+	// cert is the certificate Caddy's site presents; nil without TLS.
+	cert *tlscert.Cert
+	// admin (the admin API) and web (plain requests to the site) have no
+	// keep-alive: a pooled connection would count in Caddy's fds and
+	// goroutines and blur the baseline checks.
+	admin, web *http.Client
 }
 
 func newEnv(cfg *config) (*env, error) {
@@ -86,10 +96,42 @@ func newEnv(cfg *config) (*env, error) {
 			return nil, err
 		}
 	}
+	if cfg.tls {
+		if e.cert, err = tlscert.Write(work); err != nil {
+			return nil, fmt.Errorf("certificate: %v", err)
+		}
+		clientTLS = e.cert.ClientConfig()
+	}
+	e.web = &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: clientTLS},
+	}
 	return e, nil
 }
 
-func (e *env) wsURL() string { return "ws://" + e.listen + "/ws" }
+func (e *env) wsURL() string {
+	if e.cert != nil {
+		return "wss://" + e.listen + "/ws"
+	}
+	return "ws://" + e.listen + "/ws"
+}
+
+func (e *env) siteURL(path string) string {
+	if e.cert != nil {
+		return "https://" + e.listen + path
+	}
+	return "http://" + e.listen + path
+}
+
+// dialSite opens a connection to Caddy's site as a client does before its
+// first request: TCP, then in a TLS soak the TLS handshake.
+func (e *env) dialSite() (net.Conn, error) {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if e.cert == nil {
+		return d.Dial("tcp", e.listen)
+	}
+	return tls.DialWithDialer(d, "tcp", e.listen, clientTLS)
+}
 
 // render produces the Caddyfile for site.
 func (e *env) render(site siteConfig) ([]byte, error) {
@@ -100,6 +142,7 @@ func (e *env) render(site siteConfig) ([]byte, error) {
 		"Backend":  e.backendAddr,
 		"Timeouts": e.timeouts,
 		"Site":     site,
+		"TLS":      e.cert,
 	})
 	return buf.Bytes(), err
 }
@@ -275,11 +318,11 @@ func (e *env) tunnelsOpen(ctx context.Context) (float64, error) {
 
 // getText does a plain GET on Caddy's site.
 func (e *env) getText(ctx context.Context, path string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.listen+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.siteURL(path), nil)
 	if err != nil {
 		return "", err
 	}
-	res, err := e.admin.Do(req)
+	res, err := e.web.Do(req)
 	if err != nil {
 		return "", err
 	}

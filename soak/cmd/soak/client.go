@@ -30,6 +30,7 @@ func newDialer() *websocket.Dialer {
 		ReadBufferSize:   1024,
 		WriteBufferSize:  1024,
 		WriteBufferPool:  &sync.Pool{},
+		TLSClientConfig:  clientTLS,
 	}
 }
 

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -44,8 +45,8 @@ func runHostile(ctx context.Context, e *env, r *scenarioResult, cfg *config) err
 		// progress) in which Caddy must close each connection
 		lo, hi time.Duration
 	}{
-		{"slow handshake (1 byte/s)", cfg.slow, func(int) probeResult { return slowHandshake(e.listen) }, rh - 250*time.Millisecond, rh + timeoutSlack},
-		{"mute connection", cfg.mute, func(int) probeResult { return mute(e.listen) }, rh - 250*time.Millisecond, rh + timeoutSlack},
+		{"slow handshake (1 byte/s)", cfg.slow, func(int) probeResult { return slowHandshake(e) }, rh - 250*time.Millisecond, rh + timeoutSlack},
+		{"mute connection", cfg.mute, func(i int) probeResult { return mute(e, i) }, rh - 250*time.Millisecond, rh + timeoutSlack},
 		{"tunnel that never reads", cfg.nonReaders, func(int) probeResult { return nonReader(ctx, e) }, 0, cfg.tunnelIdleTimeout + timeoutSlack},
 		{"half-close", cfg.halfClosers, func(i int) probeResult { return halfClose(ctx, e, i) }, 0, promptClose},
 	}
@@ -59,27 +60,48 @@ func runHostile(ctx context.Context, e *env, r *scenarioResult, cfg *config) err
 	hs, rtt, sessions := normal.wait()
 	r.tunnels += sessions
 	r.messages += int64(rtt.count())
-	r.note("%d normal clients, %d sessions: handshake %s", cfg.normal, sessions, hs.summary())
-	r.note("normal clients' echo round trip: %s", rtt.summary())
+	r.note("%d normal clients, %d sessions: handshake %s (p99 bound %v)", cfg.normal, sessions, hs.summary(), handshakeBound(e, cfg))
+	r.note("normal clients' echo round trip: %s (p99 bound %v)", rtt.summary(), cfg.latencyBound)
 	if err := fail.err(); err != nil {
 		return err
 	}
 	for _, l := range []struct {
-		what string
-		lat  *latencies
-	}{{"handshake", hs}, {"echo round trip", rtt}} {
-		if p, _ := l.lat.percentiles(99); p[0] > cfg.latencyBound {
-			return fmt.Errorf("normal clients' %s p99 %v is over the bound %v", l.what, round(p[0]), cfg.latencyBound)
+		what  string
+		lat   *latencies
+		bound time.Duration
+	}{{"handshake", hs, handshakeBound(e, cfg)}, {"echo round trip", rtt, cfg.latencyBound}} {
+		if p, _ := l.lat.percentiles(99); p[0] > l.bound {
+			return fmt.Errorf("normal clients' %s p99 %v is over the bound %v", l.what, round(p[0]), l.bound)
 		}
 	}
 	return nil
+}
+
+// handshakeBound is the p99 bound of the normal clients' handshakes. Over
+// TLS it is twice the echo's: a TLS 1.3 handshake puts a round trip and a
+// key exchange on both sides before the WebSocket handshake, and on two
+// shared cores every round trip is a wait for a core. Measured here side by
+// side under the same load, the TLS handshake p99 was 2-2.5 times the plain
+// one (87-122 ms against 33-52 ms), up to 208 ms with other work taking
+// more than a core; the echo p99 was no different.
+func handshakeBound(e *env, cfg *config) time.Duration {
+	if e.cert != nil {
+		return 2 * cfg.latencyBound
+	}
+	return cfg.latencyBound
 }
 
 // probeResult is how one hostile connection ended. since is when the
 // window for its close starts.
 type probeResult struct {
 	since, closed time.Time
-	err           error // the probe failed (not the close being late)
+	// dialed, if set, is when the probe began to connect. Caddy's clock
+	// for the connection starts between dialed and since (over TLS: when
+	// its side of the handshake ends, which the client sees late when its
+	// goroutine waits for a core), so an early close is one before the
+	// window's start counted from dialed.
+	dialed time.Time
+	err    error // the probe failed (not the close being late)
 	// For non-readers: what went out before the writes stopped, and when.
 	written      int64
 	stalledAfter time.Duration
@@ -129,13 +151,38 @@ func runProbes(n int, probe func(i int) probeResult, lo, hi time.Duration, name 
 			}
 			d := p.closed.Sub(p.since)
 			stats.add(p)
-			if d < lo || d > hi {
+			fromDial := d
+			if !p.dialed.IsZero() {
+				fromDial = p.closed.Sub(p.dialed)
+			}
+			switch {
+			case fromDial < lo:
+				fail.add(name, "#%d closed %v after it began to connect, before the window %v–%v", i, round(fromDial), round(lo), round(hi))
+			case d > hi:
 				fail.add(name, "#%d closed after %v, outside %v–%v", i, round(d), round(lo), round(hi))
 			}
 		})
 	}
 	wg.Wait()
 	return stats
+}
+
+// hostileDials bounds the hostile clients' connection attempts in flight.
+// Over TLS each is a handshake on both sides, and hundreds at once are a
+// handshake flood (scenario 6's business): its CPU, in Caddy and in this
+// process, would decide the normal clients' p99 instead of the slow and
+// mute connections this scenario is about. A plain connect takes so little
+// that the gate changes nothing there.
+var hostileDials = make(chan struct{}, 16)
+
+// dialHostile connects as a hostile client, through the gate; dialed is
+// when the attempt began.
+func dialHostile[T any](dial func() (T, error)) (conn T, dialed time.Time, err error) {
+	hostileDials <- struct{}{}
+	defer func() { <-hostileDials }()
+	dialed = time.Now()
+	conn, err = dial()
+	return conn, dialed, err
 }
 
 // handshakeRequest is a complete WebSocket handshake for /ws.
@@ -153,11 +200,13 @@ func readUntilClosed(conn net.Conn) ([]byte, time.Time) {
 	return got.Bytes(), time.Now()
 }
 
-// slowHandshake sends a WebSocket handshake one byte a second, far slower
-// than read_header allows: Caddy must close it when the timeout passes,
-// without a 101.
-func slowHandshake(addr string) probeResult {
-	conn, err := net.Dial("tcp", addr)
+// slowHandshake sends a WebSocket handshake one byte a second (over TLS,
+// one record a byte, after a TLS handshake at full speed), far slower than
+// read_header allows: Caddy must close it when the timeout passes, without
+// a 101.
+func slowHandshake(e *env) probeResult {
+	addr := e.listen
+	conn, dialed, err := dialHostile(e.dialSite)
 	if err != nil {
 		return probeResult{err: err}
 	}
@@ -166,7 +215,7 @@ func slowHandshake(addr string) probeResult {
 	done := make(chan probeResult, 1)
 	go func() {
 		got, at := readUntilClosed(conn)
-		done <- probeResult{since: start, closed: at, err: no101(got)}
+		done <- probeResult{since: start, dialed: dialed, closed: at, err: no101(got)}
 	}()
 	req := handshakeRequest(addr)
 	tick := time.NewTicker(time.Second)
@@ -198,9 +247,16 @@ func firstLine(b []byte) []byte {
 }
 
 // mute connects and sends nothing: read_header covers the wait for the
-// first byte too.
-func mute(addr string) probeResult {
-	conn, err := net.Dial("tcp", addr)
+// first byte too. In a TLS soak every other one sends nothing at all, not
+// even a ClientHello (Go's server bounds the TLS handshake by read_header
+// too), and the others fall silent after their TLS handshake.
+func mute(e *env, i int) probeResult {
+	conn, dialed, err := dialHostile(func() (net.Conn, error) {
+		if e.cert != nil && i%2 == 1 {
+			return e.dialSite()
+		}
+		return net.DialTimeout("tcp", e.listen, 10*time.Second)
+	})
 	if err != nil {
 		return probeResult{err: err}
 	}
@@ -210,7 +266,7 @@ func mute(addr string) probeResult {
 	if len(got) > 0 {
 		return probeResult{err: fmt.Errorf("a mute connection was answered %q", firstLine(got))}
 	}
-	return probeResult{since: start, closed: at}
+	return probeResult{since: start, dialed: dialed, closed: at}
 }
 
 // tcpEstablished is TCP_ESTABLISHED in tcp_states.h: a peer's FIN moves
@@ -247,7 +303,7 @@ func established(conn net.Conn) (bool, error) {
 // seen through TCP_INFO, since the client never reads; the window starts
 // at the last write that went through.
 func nonReader(ctx context.Context, e *env) probeResult {
-	conn, err := dialWS(ctx, smallBufferDialer(), e.wsURL())
+	conn, _, err := dialHostile(func() (*websocket.Conn, error) { return dialWS(ctx, smallBufferDialer(), e.wsURL()) })
 	if err != nil {
 		return probeResult{err: err}
 	}
@@ -268,7 +324,7 @@ func nonReader(ctx context.Context, e *env) probeResult {
 	giveUp := time.Now().Add(time.Minute)
 	for time.Now().Before(giveUp) {
 		time.Sleep(50 * time.Millisecond)
-		open, err := established(conn.NetConn())
+		open, err := established(tcpConn(conn.NetConn()))
 		if err != nil {
 			return probeResult{err: err}
 		}
@@ -310,17 +366,17 @@ func halfClose(ctx context.Context, e *env, i int) probeResult {
 	switch i % 3 {
 	case 0:
 		req := handshakeRequest(e.listen)
-		return halfCloseRaw(e.listen, req[:len(req)/2])
+		return halfCloseRaw(e, req[:len(req)/2])
 	case 1:
-		return halfCloseRaw(e.listen, handshakeRequest(e.listen))
+		return halfCloseRaw(e, handshakeRequest(e.listen))
 	default:
 		return halfCloseTunnel(ctx, e)
 	}
 }
 
 // halfCloseRaw sends req, half-closes, and waits for Caddy to close.
-func halfCloseRaw(addr string, req []byte) probeResult {
-	conn, err := net.Dial("tcp", addr)
+func halfCloseRaw(e *env, req []byte) probeResult {
+	conn, _, err := dialHostile(e.dialSite)
 	if err != nil {
 		return probeResult{err: err}
 	}
@@ -329,7 +385,7 @@ func halfCloseRaw(addr string, req []byte) probeResult {
 		return probeResult{err: err}
 	}
 	start := time.Now()
-	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+	if err := halfCloseConn(conn); err != nil {
 		return probeResult{err: err}
 	}
 	_, at := readUntilClosed(conn)
@@ -339,7 +395,7 @@ func halfCloseRaw(addr string, req []byte) probeResult {
 // halfCloseTunnel sends a message in an open tunnel, half-closes, and
 // must still read the message's echo before the tunnel closes.
 func halfCloseTunnel(ctx context.Context, e *env) probeResult {
-	conn, err := dialWS(ctx, newDialer(), e.wsURL())
+	conn, _, err := dialHostile(func() (*websocket.Conn, error) { return dialWS(ctx, newDialer(), e.wsURL()) })
 	if err != nil {
 		return probeResult{err: err}
 	}
@@ -349,7 +405,7 @@ func halfCloseTunnel(ctx context.Context, e *env) probeResult {
 		return probeResult{err: err}
 	}
 	start := time.Now()
-	if err := conn.NetConn().(*net.TCPConn).CloseWrite(); err != nil {
+	if err := halfCloseConn(conn.NetConn()); err != nil {
 		return probeResult{err: err}
 	}
 	conn.SetReadDeadline(time.Now().Add(promptClose + timeoutSlack))
@@ -362,6 +418,31 @@ func halfCloseTunnel(ctx context.Context, e *env) probeResult {
 		return probeResult{err: fmt.Errorf("tunnel after the half-close: %v", err)}
 	}
 	return probeResult{since: start, closed: time.Now()}
+}
+
+// tcpConn is the TCP connection under conn, below TLS if any.
+func tcpConn(conn net.Conn) net.Conn {
+	if tc, ok := conn.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return conn
+}
+
+// halfCloseConn ends the client's sending side and no more: over TLS
+// with a close_notify alert, which is how a TLS client says it is done
+// sending (TLS 1.3 lets the other side go on writing), then with a FIN
+// below it, as a client's kernel sends when the client shuts down writes.
+func halfCloseConn(conn net.Conn) error {
+	if tc, ok := conn.(*tls.Conn); ok {
+		if err := tc.CloseWrite(); err != nil {
+			return err
+		}
+	}
+	tcp, ok := tcpConn(conn).(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("%T is not a TCP connection", tcpConn(conn))
+	}
+	return tcp.CloseWrite()
 }
 
 // normalClients open a tunnel, echo a few messages, close it, and again,

@@ -21,6 +21,12 @@
 //  6. flood:   2x max_connections clients churn on one route; the tunnels
 //     gauge, sampled every 50 ms, never exceeds the limit.
 //
+// With -tls (make soak-tls, make soak-short-tls) Caddy terminates TLS 1.3
+// on a certificate made for the run and every client connects over wss://
+// or https://, the hostile ones included (a mute connection then waits
+// before or after its TLS handshake, a half-close is a close_notify alert
+// and a FIN); the backend stays plain. Every assertion holds the same.
+//
 // File descriptors: each tunnel costs Caddy two (client and backend side),
 // the backend one and the client one. Caddy and the backend run in their
 // own processes; the clients are goroutines in this one, which holds one
@@ -54,6 +60,7 @@ type config struct {
 	cpuProfile                      string
 	basePort                        int
 	bound                           time.Duration // the whole soak; past it, it fails
+	tls                             bool          // clients reach Caddy over TLS
 
 	tunnels           int           // scenario 1 (and 2)
 	duration          time.Duration // scenario 1
@@ -120,6 +127,7 @@ func parseFlags() *config {
 	flag.StringVar(&cfg.only, "only", "", "comma-separated scenarios to run (reload,close,backend,hostile,flood); default all")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write the soak process's own CPU profile here (to see what the clients cost)")
 	flag.IntVar(&cfg.basePort, "port", 18960, "Caddy listens here, the backend on port+1, the admin API on port+2")
+	flag.BoolVar(&cfg.tls, "tls", false, "Caddy terminates TLS 1.3 on a throwaway certificate; clients use wss:// and https://")
 	flag.DurationVar(&cfg.bound, "bound", 0, "fail if the whole soak takes longer")
 	flag.IntVar(&cfg.tunnels, "tunnels", 0, "reload: concurrent WebSockets")
 	flag.DurationVar(&cfg.duration, "duration", 0, "reload: how long they echo")
@@ -177,6 +185,14 @@ func parseFlags() *config {
 	fillDur(&cfg.tunnelIdleTimeout, p.tunnelIdleTimeout)
 	fillDur(&cfg.settle, p.settle)
 	return &cfg
+}
+
+// form names the run: its profile, and TLS if it is one.
+func (cfg *config) form() string {
+	if cfg.tls {
+		return cfg.profile + ", TLS"
+	}
+	return cfg.profile
 }
 
 var started = time.Now()
@@ -241,7 +257,7 @@ func run(cfg *config) (passed, failed int, err error) {
 	if err := checkFDBudget(cfg, limit); err != nil {
 		return 0, 0, err
 	}
-	logf("soak %s: GOMAXPROCS=%d, open files %d, load average %s", cfg.profile, runtime.GOMAXPROCS(0), limit, proc.LoadAvg())
+	logf("soak %s: GOMAXPROCS=%d, open files %d, load average %s", cfg.form(), runtime.GOMAXPROCS(0), limit, proc.LoadAvg())
 
 	e, err := newEnv(cfg)
 	if err != nil {
@@ -358,7 +374,7 @@ func runScenarios(e *env, cfg *config) (*results, error) {
 		return nil, err
 	}
 	logf("baseline: Caddy has %d fds and %d goroutines", base.fds, base.goroutines)
-	res := &results{profile: cfg.profile, base: base, loadBefore: proc.LoadAvg()}
+	res := &results{profile: cfg.form(), base: base, loadBefore: proc.LoadAvg()}
 	s := startSampler(e)
 	defer s.stop()
 
