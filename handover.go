@@ -107,6 +107,7 @@ func (t *tunnel) tryOwn() {
 		t.addTimer(time.AfterFunc(o.streamTimeout, func() { t.endBecause("stream_timeout") }))
 	}
 	o.registry.add(t)
+	t.letGoOfRequest()
 	// Bytes may wait above the sockets already (TLS records, what
 	// net/http read past the 101): each flow drains them, then arms.
 	for _, f := range own.flows {

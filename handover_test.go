@@ -212,6 +212,25 @@ func adminUpstreamRequests(t *testing.T) map[string]int {
 	return out
 }
 
+// settleUpstreamRequests waits until the upstreams' num_requests add up
+// to want: for a moment after each switch, Caddy's handler still holds
+// its own count beside the module's, and a tunnel counts twice; least_conn
+// picking then would see more than the open tunnels.
+func settleUpstreamRequests(t *testing.T, want int) {
+	t.Helper()
+	var got map[string]int
+	if !pollUntil(3*time.Second, func() bool {
+		got = adminUpstreamRequests(t)
+		sum := 0
+		for _, n := range got {
+			sum += n
+		}
+		return sum == want
+	}) {
+		t.Fatalf("num_requests %v do not add up to the %d open tunnels", got, want)
+	}
+}
+
 // TestHandOverCountsOnUpstream: an owned tunnel is an active request on
 // its upstream for its whole life, as in stock Caddy: the admin API's
 // num_requests sees it, and least_conn sends new tunnels to the backend
@@ -234,6 +253,7 @@ func TestHandOverCountsOnUpstream(t *testing.T) {
 		if openA.Load() > before {
 			onA = append(onA, c)
 		}
+		settleUpstreamRequests(t, i+1)
 	}
 	if openA.Load() != 2 || openB.Load() != 2 {
 		t.Fatalf("4 tunnels with least_conn: %d on a, %d on b; want 2 and 2", openA.Load(), openB.Load())
@@ -257,6 +277,7 @@ func TestHandOverCountsOnUpstream(t *testing.T) {
 	bBefore := openB.Load()
 	for i := range 2 {
 		openFoo(t, dialRaw(t), fmt.Sprintf("/lb/new%d", i))
+		settleUpstreamRequests(t, int(bBefore)+i+1)
 	}
 	if openA.Load() != 2 || openB.Load() != bBefore {
 		t.Fatalf("least_conn: the 2 new tunnels went %d to a (had 0) and %d to b (had %d); want both on a",

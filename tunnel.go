@@ -27,13 +27,14 @@ type tunnel struct {
 	idle    time.Duration
 	maxLife time.Duration
 
-	mu       sync.Mutex
-	conn     net.Conn // the hijacked client connection, once there is one
-	ended    bool
-	opened   time.Time
-	timers   []*time.Timer
-	lastSeen atomic.Int64                  // unix nanoseconds of the latest byte, either way
-	metrics  atomic.Pointer[tunnelMetrics] // set once the tunnel opens
+	mu          sync.Mutex
+	conn        net.Conn // the hijacked client connection, once there is one
+	wasHijacked bool     // conn was set, even if an owned tunnel let go of it
+	ended       bool
+	opened      time.Time
+	timers      []*time.Timer
+	lastSeen    atomic.Int64                  // unix nanoseconds of the latest byte, either way
+	metrics     atomic.Pointer[tunnelMetrics] // set once the tunnel opens
 
 	// up and down order the writes into each direction (client to
 	// backend, backend to client): the copy loops' data, and Caddy's
@@ -247,10 +248,10 @@ func (t *tunnel) endBecause(reason string) {
 		t.finishOwned(reason, false)
 		return
 	}
-	t.cancel()
 	t.mu.Lock()
-	conn := t.conn
+	cancel, conn := t.cancel, t.conn
 	t.mu.Unlock()
+	cancel()
 	if conn != nil {
 		conn.Close()
 	}
@@ -262,15 +263,31 @@ func (t *tunnel) hijacked(c net.Conn) net.Conn {
 	tc := &tunnelConn{Conn: c, t: t}
 	t.mu.Lock()
 	t.conn = tc
+	t.wasHijacked = true
 	t.mu.Unlock()
 	return tc
+}
+
+// letGoOfRequest drops what ties an owned tunnel to the request that
+// opened it, so that the garbage collector can take it: the request's
+// context (its cancel func holds the context chain: Caddy's replacer,
+// variables, the original request) and the wrapped client connection
+// (Caddy's wrapper holds its response recorder, and through it net/http's
+// connection and buffers). The owned tunnel holds its sockets itself.
+func (t *tunnel) letGoOfRequest() {
+	t.mu.Lock()
+	cancel := t.cancel
+	t.cancel = func() {}
+	t.conn = nil
+	t.mu.Unlock()
+	cancel()
 }
 
 // finish is called when ServeHTTP returns: a tunnel that never hijacked a
 // connection (extended CONNECT, or no switch at all) ends there.
 func (t *tunnel) finish() {
 	t.mu.Lock()
-	hijacked := t.conn != nil
+	hijacked := t.wasHijacked
 	t.mu.Unlock()
 	if !hijacked {
 		t.close()
@@ -285,12 +302,12 @@ func (t *tunnel) close() {
 		return
 	}
 	t.ended = true
-	timers := t.timers
+	timers, cancel := t.timers, t.cancel
 	t.mu.Unlock()
 	for _, timer := range timers {
 		timer.Stop()
 	}
-	t.cancel()
+	cancel()
 	t.limit.release()
 	if m := t.metrics.Load(); m != nil {
 		m.open.Dec()
