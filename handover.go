@@ -157,6 +157,38 @@ type endpoint struct {
 	// 101 body, while body, its buffer field, is set), before the socket.
 	above io.Reader
 	body  *reflect.Value
+	// deadline is the read deadline await set last (zero: none); only
+	// the flow reading this endpoint touches it.
+	deadline time.Time
+
+	// The callbacks of raw.Read and their results: method values made
+	// once, so that a read allocates nothing (a closure per call would).
+	readFn, awaitFn func(fd uintptr) bool
+	cbBuf           []byte
+	cbN             int
+	cbErr           error
+	cbFirst         bool
+}
+
+func newEndpoint(conn net.Conn, raw syscall.RawConn, tc *tls.Conn) *endpoint {
+	e := &endpoint{conn: conn, raw: raw, tls: tc}
+	e.readFn, e.awaitFn = e.readCallback, e.awaitCallback
+	return e
+}
+
+func (e *endpoint) readCallback(fd uintptr) bool {
+	e.cbN, e.cbErr = readSocket(fd, e.cbBuf)
+	return true // never park here: await or the shared poller waits
+}
+
+// awaitCallback looks once (a peek), then takes each wake-up of the
+// runtime's poller for readiness.
+func (e *endpoint) awaitCallback(fd uintptr) bool {
+	if e.cbFirst {
+		e.cbFirst = false
+		return readable(fd)
+	}
+	return true
 }
 
 // connEndpoint takes plain TCP or Unix sockets, and TLS over them; other
@@ -164,12 +196,12 @@ type endpoint struct {
 func connEndpoint(c net.Conn) *endpoint {
 	if tc, ok := c.(*tls.Conn); ok {
 		if raw := rawSocket(tc.NetConn()); raw != nil {
-			return &endpoint{conn: tc, raw: raw, tls: tc}
+			return newEndpoint(tc, raw, tc)
 		}
 		return nil
 	}
 	if raw := rawSocket(c); raw != nil {
-		return &endpoint{conn: c, raw: raw}
+		return newEndpoint(c, raw, nil)
 	}
 	return nil
 }
@@ -203,7 +235,7 @@ func (e *endpoint) read(p []byte, fresh bool) (int, error) {
 	}
 	e.tls.SetReadDeadline(longAgo)
 	n, err := e.tls.Read(p)
-	e.tls.SetReadDeadline(time.Time{})
+	e.tls.SetReadDeadline(e.deadline)
 	if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
 		return 0, errWouldBlock
 	}
@@ -211,11 +243,10 @@ func (e *endpoint) read(p []byte, fresh bool) (int, error) {
 }
 
 func (e *endpoint) readSocket(p []byte) (n int, err error) {
-	var rerr error
-	err = e.raw.Read(func(fd uintptr) bool {
-		n, rerr = readSocket(fd, p)
-		return true // never park here: the shared poller waits
-	})
+	e.cbBuf = p
+	err = e.raw.Read(e.readFn)
+	n, rerr := e.cbN, e.cbErr
+	e.cbBuf, e.cbErr = nil, nil
 	switch {
 	case err != nil:
 		return 0, err
@@ -246,21 +277,24 @@ const lingerFor = 200 * time.Millisecond
 // await waits up to d for the socket to become readable (bytes, end of
 // stream or an error), holding no buffer. Only the first look costs a
 // syscall (a peek): after that the runtime wakes the wait on readiness.
+//
+// The read deadline that ends the wait is moved only when less than half
+// of d is left, not on every wait: a busy tunnel then pays no timer
+// operations per message, and an idle one goes to the shared poller
+// between d/2 and d after its last bytes.
 func (e *endpoint) await(d time.Duration) (ready bool, err error) {
-	if err := e.conn.SetReadDeadline(time.Now().Add(d)); err != nil {
-		return false, err
-	}
-	first := true
-	err = e.raw.Read(func(fd uintptr) bool {
-		if first {
-			first = false
-			return readable(fd)
+	if now := time.Now(); e.deadline.Sub(now) < d/2 {
+		e.deadline = now.Add(d)
+		if err := e.conn.SetReadDeadline(e.deadline); err != nil {
+			return false, err
 		}
-		return true
-	})
-	e.conn.SetReadDeadline(time.Time{})
+	}
+	e.cbFirst = true
+	err = e.raw.Read(e.awaitFn)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return false, nil
+		// Reads after the shared poller's wake-up must not time out.
+		e.deadline = time.Time{}
+		return false, e.conn.SetReadDeadline(e.deadline)
 	}
 	return err == nil, err
 }
