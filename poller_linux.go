@@ -166,7 +166,7 @@ func (p *poller) fail(err error) {
 	p.running = false
 	p.mu.Unlock()
 	for _, f := range flows {
-		go f.t.finishOwned("error: "+err.Error(), false)
+		go f.events.flowEnded(f, false, err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -11,8 +12,30 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 )
+
+// A tunnel, from the moment an accepted upgrade is passed on until its
+// last connection closes: its limit slot, timers, byte accounting and
+// metrics; the close frames of a reload; and the hand-over, where the
+// module takes both connections over from Caddy's reverse proxy.
+//
+// The hand-over. Caddy's reverse proxy does everything up to the switch:
+// upstream choice, load balancing, dial, the backend handshake, and the
+// module's checks of the 101 (backend_side.go). Then it starts two copy
+// goroutines, which call the module's wrappers (tunnelConn.WriteTo and
+// backendBody.WriteTo). There the module takes both connections over:
+// the copiers return errHandedOver, Caddy's handler returns, and
+// net/http's connection goroutine, the request, its buffers and Caddy's
+// copiers are gone. The tunnel then lives on the shared poller: no
+// goroutine and no buffer while it is idle.
+//
+// What Caddy did for a tunnel, the module now does: stream_timeout,
+// closing on a reload after stream_close_delay with close frames on a
+// frame boundary (tunnelRegistry), counting the tunnel as an active
+// request on its upstream, and a log line when it closes.
 
 // tunnel is one accepted upgrade from the moment it is passed on until its
 // last connection closes. Caddy's reverse proxy runs the byte copies; the
@@ -42,15 +65,20 @@ type tunnel struct {
 	// frame. nil for other protocols.
 	up, down *frameGate
 	closing  atomic.Int64 // unix nanoseconds of the first close frame from outside the loops
-	// back is the backend side, when it is the module's (delegation).
-	back atomic.Pointer[backendBody]
-	// h2Client is the guard of an extended CONNECT tunnel whose client
-	// side the copy loop writes past (h2ClientWriter).
-	h2Client atomic.Pointer[responseGuard]
+	// clientOut and backOut are where close frames from outside the copy
+	// loops go on each side, set by the sides as they come into being
+	// (client_side.go, backend_side.go) and by the hand-over. backOut is
+	// set only where the backend side is the module's (delegation).
+	clientOut, backOut atomic.Pointer[sideWriter]
+	// clientConn is the hijacked client connection as net/http handed it
+	// out, and backBody the backend's 101 body as net/http returned it:
+	// what the hand-over takes over.
+	clientConn net.Conn
+	backBody   io.ReadWriteCloser
 
-	// The hand-over (handover.go). owner is the handler instance's; the
-	// rest is set once the backend answered, and own once the module has
-	// taken the tunnel over from Caddy's reverse proxy.
+	// The hand-over. owner is the handler instance's; the rest is set
+	// once the backend answered, and own once the module has taken the
+	// tunnel over from Caddy's reverse proxy.
 	owner     *tunnelOwner
 	protocol  string             // the protocol switched to, for the log
 	upstream  string             // the backend's address, for the log
@@ -86,22 +114,26 @@ func (t *tunnel) outsideWrite(gate *frameGate, w io.Writer, p []byte, wrote func
 		return len(p), nil
 	}
 	t.sendClose(gate, w, p, wrote)
-	if back := t.back.Load(); back != nil && gate == t.down {
-		t.sendClose(t.up, back.conn, maskedCloseFrame(), func(int) {})
+	if back := t.backOut.Load(); back != nil && gate == t.down {
+		t.sendClose(t.up, back, maskedCloseFrame(), func(int) {})
 	}
-	if gate == t.up {
-		t.mu.Lock()
-		conn := t.conn
-		t.mu.Unlock()
-		if own := t.own.Load(); own != nil {
-			t.sendClose(t.down, own.client.conn, closeFrame1001, func(n int) { t.carried(n, false) })
-		} else if tc, ok := conn.(*tunnelConn); ok {
-			t.sendClose(t.down, tc.Conn, closeFrame1001, func(n int) { t.carried(n, false) })
-		} else if g := t.h2Client.Load(); g != nil {
-			t.sendClose(t.down, guardOutside{g}, closeFrame1001, func(n int) { t.carried(n, false) })
-		}
+	if client := t.clientOut.Load(); client != nil && gate == t.up {
+		t.sendClose(t.down, client, closeFrame1001, func(n int) { t.carried(n, false) })
 	}
 	return len(p), nil
+}
+
+// sideWriter is one side's writer for close frames from outside the copy
+// loops.
+type sideWriter struct{ io.Writer }
+
+// SetWriteDeadline bounds a close frame's write (frameGate.write) where
+// the side's writer takes one.
+func (w *sideWriter) SetWriteDeadline(d time.Time) error {
+	if dw, ok := w.Writer.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		return dw.SetWriteDeadline(d)
+	}
+	return errors.ErrUnsupported
 }
 
 // sendClose writes the close frame p through gate in the background,
@@ -142,7 +174,7 @@ func (t *tunnel) closeSide(closeNow func(reset bool) error) error {
 		return closeNow(false)
 	}
 	waits := []<-chan struct{}{t.down.closeSent()}
-	if t.back.Load() != nil {
+	if t.backOut.Load() != nil {
 		waits = append(waits, t.up.closeSent())
 	}
 	go func() {
@@ -239,6 +271,15 @@ func (t *tunnel) carried(n int, upstream bool) {
 	}
 }
 
+// counter is the accounting of a copy loop that went past a counting
+// wrapper, or nil.
+func (t *tunnel) counter(counts, upstream bool) func(int) {
+	if !counts {
+		return nil
+	}
+	return func(n int) { t.carried(n, upstream) }
+}
+
 // end closes both sides of the tunnel; the copies then finish on their own.
 func (t *tunnel) end() { t.endBecause("closed by the module") }
 
@@ -257,17 +298,6 @@ func (t *tunnel) endBecause(reason string) {
 	}
 }
 
-// hijacked wraps the client connection of an HTTP/1.1 tunnel: the tunnel
-// then lives until that connection closes, not until ServeHTTP returns.
-func (t *tunnel) hijacked(c net.Conn) net.Conn {
-	tc := &tunnelConn{Conn: c, t: t}
-	t.mu.Lock()
-	t.conn = tc
-	t.wasHijacked = true
-	t.mu.Unlock()
-	return tc
-}
-
 // letGoOfRequest drops what ties an owned tunnel to the request that
 // opened it, so that the garbage collector can take it: the request's
 // context (its cancel func holds the context chain: Caddy's replacer,
@@ -278,7 +308,7 @@ func (t *tunnel) letGoOfRequest() {
 	t.mu.Lock()
 	cancel := t.cancel
 	t.cancel = func() {}
-	t.conn = nil
+	t.conn, t.clientConn = nil, nil
 	t.mu.Unlock()
 	cancel()
 }
@@ -315,64 +345,6 @@ func (t *tunnel) close() {
 	}
 }
 
-// tunnelConn is the hijacked client connection as Caddy's reverse proxy
-// sees it: every byte marks the tunnel active, and closing it ends the
-// tunnel.
-type tunnelConn struct {
-	net.Conn
-	t         *tunnel
-	closeOnce sync.Once
-}
-
-func (c *tunnelConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.t.carried(n, true)
-	return n, err
-}
-
-// Write is for writes from outside the copy loops: Caddy's close frame.
-func (c *tunnelConn) Write(p []byte) (int, error) {
-	if c.t.down == nil {
-		n, err := c.Conn.Write(p)
-		c.t.carried(n, false)
-		return n, err
-	}
-	return c.t.outsideWrite(c.t.down, c.Conn, p, func(n int) { c.t.carried(n, false) })
-}
-
-// CloseWrite keeps half-close working: Caddy's copier forwards a clean EOF
-// as CloseWrite when the connection has one.
-func (c *tunnelConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.ErrUnsupported
-}
-
-func (c *tunnelConn) Close() error {
-	if c.t.own.Load() != nil {
-		return c.t.closeFromCaddy()
-	}
-	return c.t.closeSide(func(reset bool) error {
-		err := closeConn(c.Conn, reset)
-		c.closeOnce.Do(c.t.close)
-		return err
-	})
-}
-
-// countingBody marks an extended CONNECT tunnel active on every byte the
-// client sends; the bytes it receives pass through responseGuard.Write.
-type countingBody struct {
-	io.ReadCloser
-	t *tunnel
-}
-
-func (b countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.t.carried(n, true)
-	return n, err
-}
-
 // closeFromCaddy is Caddy's Close of a connection the module owns: Caddy's
 // handler returning after the hand-over, which leaves the tunnel open; or,
 // if Caddy's reload sweep reached the tunnel in the moment before, the
@@ -383,6 +355,204 @@ func (t *tunnel) closeFromCaddy() error {
 	}
 	return t.closeSide(func(reset bool) error {
 		t.finishOwned("reload", reset)
+		return nil
+	})
+}
+
+// errHandedOver is what Caddy's copiers get back once the module owns the
+// tunnel; Caddy logs it at debug level and returns.
+var errHandedOver = errors.New("tunnel handed over to the upgrade module")
+
+// tunnelOwner is what a handler instance lends its tunnels for the
+// hand-over.
+type tunnelOwner struct {
+	logger   *zap.Logger
+	registry *tunnelRegistry
+	// delegating is set when the handler has its own reverse proxy: only
+	// then are both sides of a tunnel the module's wrappers.
+	delegating    bool
+	streamTimeout time.Duration
+	warned        sync.Map // reason -> struct{}: fallbacks already logged
+}
+
+// warn logs, once per handler instance and reason, that a tunnel stays
+// with Caddy.
+func (o *tunnelOwner) warn(reason string) {
+	if _, seen := o.warned.LoadOrStore(reason, struct{}{}); !seen {
+		o.logger.Warn("tunnels stay with Caddy's reverse proxy (more memory per idle tunnel)", zap.String("reason", reason))
+	}
+}
+
+// owned is the state of a tunnel once the module has taken it over.
+type owned struct {
+	client, back *endpoint
+	flows        [2]*flow // client to backend, backend to client
+	requests     *atomic.Int64
+	reason       atomic.Pointer[string]
+	finishOnce   sync.Once
+}
+
+// takeOver is called from Caddy's copiers; the first call decides.
+func (t *tunnel) takeOver() bool {
+	t.takeOnce.Do(t.tryOwn)
+	return t.own.Load() != nil
+}
+
+func (t *tunnel) tryOwn() {
+	o := t.owner
+	if o == nil {
+		return
+	}
+	if !o.delegating {
+		o.warn("policy-only mode: the next handler runs the tunnel")
+		return
+	}
+	client, back, why := t.endpoints()
+	if why != "" {
+		o.warn(why)
+		return
+	}
+	own := &owned{client: client, back: back, requests: upstreamRequests(t.host)}
+	own.flows[0] = &flow{events: t, src: client, dst: back, gate: t.up, upstream: true}
+	own.flows[1] = &flow{events: t, src: back, dst: client, gate: t.down}
+	for i, f := range own.flows {
+		if err := sharedPoller.add(f); err != nil {
+			for _, added := range own.flows[:i] {
+				sharedPoller.remove(added)
+			}
+			o.warn("shared poller: " + err.Error())
+			return
+		}
+	}
+	if own.requests != nil {
+		own.requests.Add(1) // before Caddy's reverse proxy lets go of its own
+	} else if t.host != nil {
+		o.warn("reverseproxy.Host." + caddyHostCounter + " not recognised: open tunnels no longer count on their upstream")
+	}
+	t.own.Store(own)
+	// Close frames from outside the loops go to the sockets the module
+	// owns now, past Caddy's wrappers.
+	t.clientOut.Store(&sideWriter{client.conn})
+	t.backOut.Store(&sideWriter{back.conn})
+	if o.streamTimeout > 0 {
+		t.addTimer(time.AfterFunc(o.streamTimeout, func() { t.endBecause("stream_timeout") }))
+	}
+	o.registry.add(t)
+	t.letGoOfRequest()
+	// Bytes may wait above the sockets already (TLS records, what
+	// net/http read past the 101): each flow drains them, then arms.
+	for _, f := range own.flows {
+		go f.run(false)
+	}
+}
+
+// endpoints recognises both connections, or says why they cannot be owned.
+func (t *tunnel) endpoints() (client, back *endpoint, why string) {
+	if !pollerSupported {
+		return nil, nil, "the module's tunnel engine needs Linux (epoll)"
+	}
+	t.mu.Lock()
+	inner, body := t.clientConn, t.backBody
+	t.mu.Unlock()
+	if inner == nil || body == nil {
+		return nil, nil, "extended CONNECT (HTTP/2, HTTP/3): the stream belongs to Caddy's handler"
+	}
+	if hc, ok := caddyHijackedConn(inner); ok {
+		inner = hc
+	}
+	if client = connEndpoint(inner); client == nil {
+		return nil, nil, fmt.Sprintf("client connection %T not recognised (caddyhttp.%s unwrapped?)", inner, caddyHijackType)
+	}
+	br, conn, ok := switchedBody(body)
+	if !ok {
+		return nil, nil, fmt.Sprintf("backend body %T not recognised (net/http's %s)", body, goSwitchedBody)
+	}
+	nc, _ := conn.(net.Conn)
+	if back = connEndpoint(nc); back == nil {
+		return nil, nil, fmt.Sprintf("backend connection %T not recognised", conn)
+	}
+	back.above, back.body = body, &br
+	return client, back, ""
+}
+
+// flowEnded is the engine's report that one direction of an owned tunnel
+// ended. A clean end is a half-close, as with Caddy's copiers: the tunnel
+// ends when both directions have, or when the half-close failed.
+func (t *tunnel) flowEnded(f *flow, eof bool, err error) {
+	own := t.own.Load()
+	switch {
+	case eof:
+		by := "backend closed"
+		if f.upstream {
+			by = "client closed"
+		}
+		own.setReason(by)
+		if err != nil || own.other(f).done.Load() {
+			t.finishOwned(by, false)
+		}
+	case errors.Is(err, errCloseFrameSent):
+		// A reload's close frame ended this direction; closeSide ends
+		// the tunnel once both close frames are out.
+	default:
+		t.finishOwned("error: "+err.Error(), false)
+	}
+}
+
+func (o *owned) other(f *flow) *flow {
+	if o.flows[0] == f {
+		return o.flows[1]
+	}
+	return o.flows[0]
+}
+
+// setReason keeps the first reason given for the tunnel's end.
+func (o *owned) setReason(reason string) {
+	o.reason.CompareAndSwap(nil, &reason)
+}
+
+// finishOwned closes an owned tunnel once, for the first reason given.
+func (t *tunnel) finishOwned(reason string, reset bool) {
+	own := t.own.Load()
+	own.setReason(reason)
+	own.finishOnce.Do(func() {
+		for _, f := range own.flows {
+			sharedPoller.remove(f)
+		}
+		closeConn(own.client.conn, reset)
+		closeConn(own.back.conn, reset)
+		if own.requests != nil {
+			own.requests.Add(-1)
+		}
+		t.owner.registry.remove(t)
+		t.mu.Lock()
+		opened := t.opened
+		t.mu.Unlock()
+		t.close()
+		t.owner.logger.Info("tunnel closed",
+			zap.String("protocol", t.protocol),
+			zap.String("upstream", t.upstream),
+			zap.Duration("duration", time.Since(opened)),
+			zap.Int64("bytes_up", t.bytesUp.Load()),
+			zap.Int64("bytes_down", t.bytesDown.Load()),
+			zap.String("reason", *own.reason.Load()))
+	})
+}
+
+// goAway closes an owned tunnel for a reload or shutdown as Caddy's
+// reverse proxy would: a WebSocket gets close frames (1001) both ways at
+// a frame boundary, then both connections close.
+func (t *tunnel) goAway() {
+	reason := "reload"
+	if caddy.Exiting() {
+		reason = "shutdown"
+	}
+	own := t.own.Load()
+	own.setReason(reason)
+	if t.down != nil {
+		t.outsideWrite(t.down, own.client.conn, closeFrame1001, func(n int) { t.carried(n, false) })
+	}
+	t.closeSide(func(reset bool) error {
+		t.finishOwned(reason, reset)
 		return nil
 	})
 }

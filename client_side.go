@@ -2,129 +2,18 @@ package upgrade
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
-// expectation is what an accepted upgrade's answer must look like (SPEC §5).
-// It travels in the request context from ServeHTTP to the transport wrapper
-// and the response guard, and carries back the reason an answer failed.
-type expectation struct {
-	selected        string // the one protocol the backend was asked for
-	websocket       bool
-	extendedConnect bool
-	// clientHeader is the request header as forwarded by this handler: its
-	// subprotocols and extensions bound what the answer may choose.
-	clientHeader http.Header
-	// invalid is the first reason the answer failed, "" while it passes.
-	invalid string
-	label   string // the metric label
-	counted bool
-	// tunnel is the accounting the backend side of the tunnel joins.
-	tunnel *tunnel
-}
-
-// count records the accepted request once, when its answer goes out.
-func (e *expectation) count() {
-	if !e.counted {
-		e.counted = true
-		countRequest(e.label, outcomeAccepted)
-	}
-}
-
-type expectationKey struct{}
-
-func expectationFrom(ctx context.Context) *expectation {
-	e, _ := ctx.Value(expectationKey{}).(*expectation)
-	return e
-}
-
-// errBackendInvalid is returned up the stack where an answer failed its
-// checks; ServeHTTP turns it into a 502.
-var errBackendInvalid = errors.New("backend answered the upgrade incorrectly")
-
-// check101 checks a backend's 101 (RFC 9110 §15.2.2, RFC 6455 §4.2.2)
-// against the request that was forwarded. checkAccept is false where
-// Caddy made up the key itself (extended CONNECT) or the answer no longer
-// carries the Accept. It returns "" when the answer passes.
-func (e *expectation) check101(forwarded, res http.Header, checkAccept bool) string {
-	if !connectionHasToken(res, "upgrade") {
-		return "101 without Connection: upgrade"
-	}
-	if got := res["Upgrade"]; len(got) != 1 || !strings.EqualFold(trimOWS(got[0]), e.selected) {
-		return "101 switches to " + quoteForLog(strings.Join(got, ", ")) + ", not " + quoteForLog(e.selected)
-	}
-	if e.websocket {
-		return checkWebSocket101(forwarded, res, checkAccept)
-	}
-	return ""
-}
-
-// guardedTransport checks the backend's raw answer to an accepted upgrade
-// before Caddy's reverse proxy sees it: the proxy rewrites Connection and
-// Upgrade of every 101 and, for extended CONNECT, drops the Accept, so
-// this is the last place the answer is whole. Embedding the HTTP transport
-// keeps the optional interfaces Caddy looks for (TLS, h2c, PROXY protocol,
-// health check scheme, header ops).
-type guardedTransport struct {
-	*reverseproxy.HTTPTransport
-}
-
-func guardTransport(rp *reverseproxy.Handler) bool {
-	t, ok := rp.Transport.(*reverseproxy.HTTPTransport)
-	if ok {
-		rp.Transport = &guardedTransport{t}
-		// Every tunnel through this proxy gets a backendBody, whose
-		// loops copy both directions (tunnel_copy.go); the buffer Caddy's
-		// copier allocates per direction before handing over would be
-		// garbage at once.
-		rp.StreamBufferSize = 1
-	}
-	return ok
-}
-
-func (t *guardedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	res, err := t.HTTPTransport.RoundTrip(req)
-	e := expectationFrom(req.Context())
-	if err != nil || e == nil {
-		return res, err
-	}
-	var reason string
-	switch {
-	case res.StatusCode == http.StatusSwitchingProtocols:
-		reason = e.check101(req.Header, res.Header, true)
-	case e.extendedConnect && res.StatusCode < 300 && res.StatusCode >= 200:
-		// Caddy would relay this 2xx as if it were a tunnel.
-		reason = "backend answered " + res.Status + " instead of switching protocols"
-	}
-	if reason == "" {
-		if rwc, ok := res.Body.(io.ReadWriteCloser); ok && res.StatusCode == http.StatusSwitchingProtocols && e.tunnel != nil {
-			e.tunnel.protocol = e.selected
-			if di, ok := reverseproxy.GetDialInfo(req.Context()); ok {
-				e.tunnel.upstream = di.Address
-				if di.Upstream != nil {
-					e.tunnel.host = di.Upstream.Host
-				}
-			}
-			res.Body = newBackendBody(rwc, e.tunnel)
-		}
-		return res, nil
-	}
-	if e.invalid == "" {
-		e.invalid = reason
-	}
-	res.Body.Close() // for a 101 the body is the backend connection
-	return nil, errBackendInvalid
-}
+// The client side of a tunnel: the response guard that holds back an
+// answer that failed its checks and writes the 101 itself, the hijacked
+// client connection, and an extended CONNECT stream.
 
 // responseGuard wraps the client's response writer for an accepted upgrade.
 // It holds back a switch the checks refuse (the handler then answers 502),
@@ -341,3 +230,114 @@ func refuseEarlyBytes(conn net.Conn, brw *bufio.ReadWriter) {
 }
 
 func (g *responseGuard) Unwrap() http.ResponseWriter { return g.ResponseWriter }
+
+// hijacked wraps the client connection of an HTTP/1.1 tunnel: the tunnel
+// then lives until that connection closes, not until ServeHTTP returns.
+func (t *tunnel) hijacked(c net.Conn) net.Conn {
+	tc := &tunnelConn{Conn: c, t: t}
+	t.mu.Lock()
+	t.conn, t.clientConn = tc, c
+	t.wasHijacked = true
+	t.mu.Unlock()
+	t.clientOut.Store(&sideWriter{c})
+	return tc
+}
+
+// tunnelConn is the hijacked client connection as Caddy's reverse proxy
+// sees it: every byte marks the tunnel active, and closing it ends the
+// tunnel.
+type tunnelConn struct {
+	net.Conn
+	t         *tunnel
+	closeOnce sync.Once
+}
+
+func (c *tunnelConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.t.carried(n, true)
+	return n, err
+}
+
+// Write is for writes from outside the copy loops: Caddy's close frame.
+func (c *tunnelConn) Write(p []byte) (int, error) {
+	if c.t.down == nil {
+		n, err := c.Conn.Write(p)
+		c.t.carried(n, false)
+		return n, err
+	}
+	return c.t.outsideWrite(c.t.down, c.Conn, p, func(n int) { c.t.carried(n, false) })
+}
+
+// CloseWrite keeps half-close working: Caddy's copier forwards a clean EOF
+// as CloseWrite when the connection has one.
+func (c *tunnelConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+func (c *tunnelConn) Close() error {
+	if c.t.own.Load() != nil {
+		return c.t.closeFromCaddy()
+	}
+	return c.t.closeSide(func(reset bool) error {
+		err := closeConn(c.Conn, reset)
+		c.closeOnce.Do(c.t.close)
+		return err
+	})
+}
+
+// WriteTo is the client-to-backend direction, unless the module takes
+// the tunnel over (tunnel.go). The loop reads past this wrapper, so it
+// counts the bytes.
+func (c *tunnelConn) WriteTo(w io.Writer) (int64, error) {
+	if c.t.takeOver() {
+		return 0, errHandedOver
+	}
+	dst, _ := pastWrapper(w)
+	return pump(dst, sourceOf(c.Conn), c.t.up, c.t.counter(true, true))
+}
+
+// ReadFrom is the backend-to-client direction where the backend side is
+// not a backendBody (the route's own reverse_proxy after this handler).
+func (c *tunnelConn) ReadFrom(r io.Reader) (int64, error) {
+	return pump(c.Conn, sourceOf(r), c.t.down, c.t.counter(true, false))
+}
+
+// loopConn is what the copy loops read and write past the wrapper, whose
+// own Read and Write count the bytes.
+func (c *tunnelConn) loopConn() (io.ReadWriter, bool) { return c.Conn, true }
+
+// h2ClientWriter recognises the client side of a WebSocket over extended
+// CONNECT in delegation mode: Caddy's h2ReadWriteCloser (the request body
+// and the ResponseWriter it was given, here the module's guard). The loop
+// then writes past the guard, and the guard takes its Write for Caddy's
+// close frame, gated like HTTP/1.1's. Only where the module owns the
+// backend side (t.backOut), since only there every loop write is the
+// module's: in policy-only mode Caddy's own copy writes through the guard.
+func h2ClientWriter(t *tunnel, dst io.Writer) *responseGuard {
+	if t.down == nil || t.backOut.Load() == nil {
+		return nil
+	}
+	g, ok := caddyH2StreamWriter(dst).(*responseGuard)
+	if !ok || g.tunnel != t {
+		return nil
+	}
+	g.loopOwned.Store(true)
+	t.clientOut.Store(&sideWriter{guardOutside{g}})
+	return g
+}
+
+// countingBody marks an extended CONNECT tunnel active on every byte the
+// client sends; the bytes it receives pass through responseGuard.Write.
+type countingBody struct {
+	io.ReadCloser
+	t *tunnel
+}
+
+func (b countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.t.carried(n, true)
+	return n, err
+}
