@@ -306,7 +306,7 @@ func Catalogue() []Attack {
 
 		// Beyond HTTP/1.x.
 		{ID: "h2c-internal-path", Name: "h2c: HTTP/2 request for the internal path through the tunnel", Group: "h2c", Reference: refH2C,
-			Kind: KindH2C, Lines: h2cSettings, Expect: h2cStripped},
+			Kind: KindH2C, Lines: h2cSettings, Expect: Expect{Status: 200, Backend: BackendPlain, NoSettings: true}},
 		{ID: "h2-connect-protocol", Name: "HTTP/2 extended CONNECT, disallowed :protocol", Group: "extended CONNECT", Reference: refXConnect2,
 			Kind: KindHTTP2, Protocol: UnknownProtocol, Expect: Expect{Status: 501, Backend: BackendUntouched}},
 		{ID: "h3-connect-protocol", Name: "HTTP/3 extended CONNECT, disallowed :protocol", Group: "extended CONNECT", Reference: refXConnect3,
