@@ -83,9 +83,18 @@ control handshake failed, 1 if the audit could not run.
 			cmd.Flags().Bool("json", false, "Print the report as JSON")
 			cmd.Flags().Duration("timeout", 5*time.Second, "Bound on each network wait")
 			cmd.RunE = func(c *cobra.Command, args []string) error {
-				return caddycmd.WrapCommandFuncForCobra(func(fs caddycmd.Flags) (int, error) {
-					return cmdUpgradeAudit(c.Context(), fs, args, c.OutOrStdout())
+				var runErr error
+				err := caddycmd.WrapCommandFuncForCobra(func(fs caddycmd.Flags) (int, error) {
+					var status int
+					status, runErr = cmdUpgradeAudit(c.Context(), fs, args, c.OutOrStdout())
+					return status, runErr
 				})(c, args)
+				if err != nil && runErr == nil {
+					// A finding, not a failure: the report already says
+					// what, so no "Error: exiting with status 3" below it.
+					c.SilenceErrors = true
+				}
+				return err
 			}
 
 			backend := &cobra.Command{
