@@ -117,7 +117,11 @@ func Status(a Attack, o *Observation) string {
 func Judge(a Attack, o *Observation) (Verdict, string) {
 	st := Status(a, o)
 	if br := Breaches(a, o); len(br) > 0 {
-		return LetThrough, strings.Join(br, "; ") + " (" + st + ")"
+		ev := strings.Join(br, "; ")
+		if !strings.HasPrefix(ev, st+":") {
+			ev += " (" + st + ")"
+		}
+		return LetThrough, ev
 	}
 	if o.Backend != nil && o.Backend.Err != nil {
 		return CantTell, st + "; canary: " + o.Backend.Err.Error()
