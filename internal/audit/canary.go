@@ -37,7 +37,6 @@ const maxMarks = 256
 type Canary struct {
 	ln  net.Listener
 	srv *http.Server
-	h2  *http2.Server
 
 	mu       sync.Mutex
 	conns    []*canaryConn
@@ -147,7 +146,6 @@ func NewCanary(addr string) (*Canary, error) {
 		return nil, err
 	}
 	c := &Canary{ln: ln, marks: map[int]canaryMark{}, hijacked: map[net.Conn]struct{}{}}
-	c.h2 = &http2.Server{}
 	c.srv = &http.Server{
 		Handler:           http.HandlerFunc(c.serve),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -375,9 +373,14 @@ func (c *Canary) switchProtocols(w http.ResponseWriter, r *http.Request, rec *ca
 	}()
 }
 
-// serveH2 serves HTTP/2 on a tunnel whose first bytes are in r.
+// serveH2 serves HTTP/2 with prior knowledge on a tunnel whose first
+// bytes are in r, until the tunnel ends.
 func (c *Canary) serveH2(conn net.Conn, r io.Reader) {
-	c.h2.ServeConn(&readerConn{Conn: conn, r: r}, &http2.ServeConnOpts{
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Protocols: &protocols,
+		ErrorLog:  log.New(io.Discard, "", 0),
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 			body, _ := io.ReadAll(req.Body)
 			rec := &canaryRequest{RecordedRequest: RecordedRequest{
@@ -388,12 +391,49 @@ func (c *Canary) serveH2(conn net.Conn, r io.Reader) {
 			c.mu.Unlock()
 			plainAnswer(w, req)
 		}),
-	})
+	}
+	ln := &oneConnListener{conn: &readerConn{Conn: conn, r: r}, done: make(chan struct{})}
+	srv.Serve(ln)
 }
+
+// oneConnListener hands out one connection, then waits until that
+// connection is closed: http.Server serves a single tunnel this way.
+type oneConnListener struct {
+	conn   *readerConn
+	given  bool
+	done   chan struct{}
+	closed sync.Once
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.given {
+		l.given = true
+		l.conn.onClose = func() { l.Close() }
+		return l.conn, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
 type readerConn struct {
 	net.Conn
-	r io.Reader
+	r       io.Reader
+	onClose func()
+}
+
+func (rc *readerConn) Close() error {
+	err := rc.Conn.Close()
+	if rc.onClose != nil {
+		rc.onClose()
+	}
+	return err
 }
 
 func (rc *readerConn) Read(p []byte) (int, error) { return rc.r.Read(p) }
