@@ -147,7 +147,7 @@ func (b *backendBody) WriteTo(w io.Writer) (int64, error) {
 		if g := h2ClientWriter(b.t, w); g != nil {
 			dst, counts = guardLoop{g}, true
 		} else if b.t.down != nil && b.t.owner != nil {
-			b.t.owner.warn(msgNotRecognised, "reverseproxy." + caddyH2RWCType + " not recognised: over extended CONNECT, Caddy's close frame on a reload is not held to a frame boundary")
+			b.t.owner.warn(msgNotRecognised, "reverseproxy."+caddyH2RWCType+" not recognised: over extended CONNECT, Caddy's close frame on a reload is not held to a frame boundary")
 		}
 	}
 	return pump(dst, sourceOf(b.rwc), b.t.down, b.t.counter(counts, false))

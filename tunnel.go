@@ -436,14 +436,14 @@ func (t *tunnel) tryOwn() {
 			for _, added := range own.flows[:i] {
 				sharedPoller.remove(added)
 			}
-			o.warn(msgStaysWithCaddy, "shared poller: " + err.Error())
+			o.warn(msgStaysWithCaddy, "shared poller: "+err.Error())
 			return
 		}
 	}
 	if own.requests != nil {
 		own.requests.Add(1) // before Caddy's reverse proxy lets go of its own
 	} else if t.host != nil {
-		o.warn(msgNotRecognised, "reverseproxy.Host." + caddyHostCounter + " not recognised: open tunnels no longer count on their upstream")
+		o.warn(msgNotRecognised, "reverseproxy.Host."+caddyHostCounter+" not recognised: open tunnels no longer count on their upstream")
 	}
 	t.own.Store(own)
 	// Close frames from outside the loops go to the sockets the module
