@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 MODULE              := github.com/seedf05e/caddy-upgrade
 
 # Sources that go into bin/caddy (xcaddy builds only the top-level package).
-CADDY_SOURCES := $(wildcard *.go) go.mod go.sum
+CADDY_SOURCES := $(wildcard *.go internal/*/*.go) go.mod go.sum
 
 .PHONY: all demo test fuzz lint validate clean canary
 
