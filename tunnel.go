@@ -38,11 +38,11 @@ import (
 // request on its upstream, and a log line when it closes.
 
 // tunnel is one accepted upgrade from the moment it is passed on until its
-// last connection closes. Caddy's reverse proxy runs the byte copies; the
-// tunnel only watches them: it frees the limit slot once, and enforces
-// idle_timeout and max_duration by ending the request's context (which
-// makes Caddy close the backend connection) and closing the hijacked
-// client connection.
+// last connection closes. It frees the limit slot once, counts bytes,
+// keeps the metrics, and enforces idle_timeout and max_duration: where
+// Caddy runs the copies, by ending the request's context (which makes
+// Caddy close the backend connection) and closing the hijacked client
+// connection; where the module owns the tunnel, by closing both sockets.
 type tunnel struct {
 	limit   *tunnelLimit
 	cancel  context.CancelFunc
@@ -382,7 +382,7 @@ type tunnelOwner struct {
 	// then are both sides of a tunnel the module's wrappers.
 	delegating    bool
 	streamTimeout time.Duration
-	warned        sync.Map // reason -> struct{}: fallbacks already logged
+	warned        sync.Map // message and reason -> struct{}: fallbacks already logged
 }
 
 // warn logs, once per handler instance and message, that the module
