@@ -2,35 +2,9 @@ package upgrade
 
 import (
 	"errors"
-	"net"
 	"testing"
 	"time"
 )
-
-// tcpPair is a connected pair of TCP sockets on loopback.
-func tcpPair(t *testing.T) (a, b net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
 
 // TestEndpointLazyDeadline: await moves its read deadline lazily, so on a
 // loaded machine the deadline may pass between await and the next read.
