@@ -56,7 +56,7 @@ func (p *websocketPolicy) validate(c *WebSocketConfig) error {
 // checkAccepted runs the checks that follow selection, in SPEC §3 order:
 // body, WebSocket method/key/duplicates, WebSocket version, Origin.
 func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy.Replacer) (refusal, bool) {
-	if o.extendedConnect && h.proxy != nil && !isWebSocket(v.entry) {
+	if o.extendedConnect && h.proxy != nil && !v.entry.isWebSocket() {
 		// Caddy's reverse proxy turns only a websocket extended CONNECT
 		// into an HTTP/1.1 upgrade; anything else would reach the backend
 		// as a plain CONNECT.
@@ -67,7 +67,7 @@ func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy
 		return refusal{outcome: outcomeInvalid, status: http.StatusBadRequest,
 			reason: "an upgrade request must not carry a body"}, true
 	}
-	if !isWebSocket(v.entry) {
+	if !v.entry.isWebSocket() {
 		return refusal{}, false
 	}
 	if status, reason := checkWebSocketRequest(r.Method, r.Header, o.extendedConnect); status != 0 {
@@ -99,28 +99,11 @@ func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy
 // connection. 403, as for an Origin: the request is well formed, the
 // route's policy refuses it.
 func (p *websocketPolicy) checkSubprotocols(h http.Header) (refusal, bool) {
-	offered, ok := h["Sec-Websocket-Protocol"]
-	if p.subprotocols == nil || !ok || len(headerTokens(offered)) == 0 ||
-		len(filterSubprotocols(offered, p.subprotocols)) > 0 {
+	if p.subprotocols == nil || !offersOnlyOtherSubprotocols(h, p.subprotocols) {
 		return refusal{}, false
 	}
 	return refusal{outcome: outcomeRejected, status: http.StatusForbidden,
 		reason: "none of the offered subprotocols is allowed (allowed: " + strings.Join(p.subprotocols, ", ") + ")"}, true
-}
-
-// filterSubprotocolHeader keeps only allowed subprotocols, in client order
-// (SPEC §4), and drops the field when none is left.
-func filterSubprotocolHeader(h http.Header, allowed []string) {
-	offered, ok := h["Sec-Websocket-Protocol"]
-	if !ok {
-		return
-	}
-	kept := filterSubprotocols(offered, allowed)
-	if len(kept) == 0 {
-		delete(h, "Sec-Websocket-Protocol")
-		return
-	}
-	h["Sec-Websocket-Protocol"] = []string{strings.Join(kept, ", ")}
 }
 
 func replacer(repl *caddy.Replacer) func(string) string {

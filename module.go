@@ -114,13 +114,13 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision builds the policy from the config and loads the embedded proxy.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.policy = policy{require: h.Require, reject: h.OnDisallowed == onDisallowedReject}
+	var allowed []protocol
 	for _, s := range h.Protocols {
 		if p, ok := parseProtocol(s); ok {
-			h.policy.allowed = append(h.policy.allowed, p)
-			h.policy.labels = append(h.policy.labels, strings.ToLower(p.name))
+			allowed = append(allowed, p)
 		}
 	}
+	h.policy = newPolicy(allowed, h.Require, h.OnDisallowed == onDisallowedReject)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}

@@ -366,3 +366,31 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 	}
 	return reflect.DeepEqual(va, vb)
 }
+
+// TestPolicyFromProvision checks that Provision builds the policy the
+// table expects from the JSON fields.
+func TestPolicyFromProvision(t *testing.T) {
+	tests := []struct {
+		h           Handler
+		wantRequire bool
+		wantReject  bool
+		wantList    string
+	}{
+		{Handler{Protocols: []string{"websocket", "foo/2"}}, false, false, "websocket, foo/2"},
+		{Handler{Protocols: []string{"websocket"}, Require: true}, true, false, "websocket"},
+		{Handler{Protocols: []string{"websocket"}, OnDisallowed: "reject"}, false, true, "websocket"},
+		{Handler{Protocols: []string{"websocket"}, OnDisallowed: "ignore"}, false, false, "websocket"},
+	}
+	for _, tc := range tests {
+		h := tc.h
+		provisionHandler(t, &h)
+		// require shows in the answer to no offer, on_disallowed in the
+		// answer to an offer of nothing allowed.
+		require := h.policy.decide(offer{}, 1).outcome == outcomeRequired
+		reject := h.policy.decide(offer{protocols: []protocol{{name: "bar"}}}, 1).outcome == outcomeRejected
+		if require != tc.wantRequire || reject != tc.wantReject || h.policy.requiredList() != tc.wantList {
+			t.Errorf("%+v: policy = require %v reject %v list %q; want %v %v %q", tc.h,
+				require, reject, h.policy.requiredList(), tc.wantRequire, tc.wantReject, tc.wantList)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package upgrade
 import (
 	"errors"
 	"net/http"
-	"strconv"
 	"strings"
 )
 
@@ -27,6 +26,8 @@ func (p protocol) String() string {
 	}
 	return p.name + "/" + p.version
 }
+
+func (p protocol) isWebSocket() bool { return strings.EqualFold(p.name, "websocket") }
 
 // parseProtocol parses `token ["/" token]` (RFC 9110 §7.8).
 func parseProtocol(s string) (protocol, bool) {
@@ -91,21 +92,15 @@ func parseUpgradeLines(lines []string) (offer, error) {
 		return offer{}, malformed("Upgrade header exceeds 512 bytes")
 	}
 	var o offer
-	for _, line := range lines {
-		for elem := range strings.SplitSeq(line, ",") {
-			elem = trimOWS(elem)
-			if elem == "" {
-				continue
-			}
-			p, ok := parseProtocol(elem)
-			if !ok {
-				return offer{}, malformed("Upgrade element " + quoteForLog(elem) + " is not token[/token]")
-			}
-			if len(o.protocols) == maxOfferedProtocols {
-				return offer{}, malformed("more than 16 protocols offered")
-			}
-			o.protocols = append(o.protocols, p)
+	for elem := range headerElements(lines) {
+		p, ok := parseProtocol(elem)
+		if !ok {
+			return offer{}, malformed("Upgrade element " + quoteForLog(elem) + " is not token[/token]")
 		}
+		if len(o.protocols) == maxOfferedProtocols {
+			return offer{}, malformed("more than 16 protocols offered")
+		}
+		o.protocols = append(o.protocols, p)
 	}
 	return o, nil
 }
@@ -143,11 +138,9 @@ func parseExtendedConnect(r *http.Request) (offer, error) {
 // connectionHasToken reports whether any Connection line lists opt
 // (case-insensitively).
 func connectionHasToken(h http.Header, opt string) bool {
-	for _, line := range h["Connection"] {
-		for elem := range strings.SplitSeq(line, ",") {
-			if strings.EqualFold(trimOWS(elem), opt) {
-				return true
-			}
+	for elem := range headerElements(h["Connection"]) {
+		if strings.EqualFold(elem, opt) {
+			return true
 		}
 	}
 	return false
@@ -158,12 +151,10 @@ func connectionHasToken(h http.Header, opt string) bool {
 // field as hop-by-hop; naming Host, Origin or a Sec-WebSocket-* field is a
 // way to smuggle a handshake past the checks).
 func checkConnectionOptions(h http.Header) error {
-	for _, line := range h["Connection"] {
-		for elem := range strings.SplitSeq(line, ",") {
-			name := http.CanonicalHeaderKey(trimOWS(elem))
-			if name == "Host" || name == "Origin" || strings.HasPrefix(name, "Sec-Websocket-") {
-				return malformed("Connection names the protected field " + quoteForLog(name))
-			}
+	for elem := range headerElements(h["Connection"]) {
+		name := http.CanonicalHeaderKey(elem)
+		if name == "Host" || name == "Origin" || strings.HasPrefix(name, "Sec-Websocket-") {
+			return malformed("Connection names the protected field " + quoteForLog(name))
 		}
 	}
 	return nil
@@ -172,48 +163,8 @@ func checkConnectionOptions(h http.Header) error {
 // removeConnectionOptions deletes every field named by a Connection option
 // (RFC 9110 §7.6.1) and the Connection header itself.
 func removeConnectionOptions(h http.Header) {
-	for _, line := range h["Connection"] {
-		for elem := range strings.SplitSeq(line, ",") {
-			if name := trimOWS(elem); name != "" {
-				h.Del(name)
-			}
-		}
+	for name := range headerElements(h["Connection"]) {
+		h.Del(name)
 	}
 	delete(h, "Connection")
-}
-
-func trimOWS(s string) string { return strings.Trim(s, " \t") }
-
-// isToken reports whether s is an RFC 9110 token (1*tchar).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !isTchar(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTchar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
-}
-
-// logValueCap is where client-supplied values are cut in messages and logs,
-// so a hostile header cannot flood them (SPEC §7).
-const logValueCap = 256
-
-// quoteForLog quotes a client-supplied value for messages and logs, cut at
-// logValueCap bytes.
-func quoteForLog(s string) string {
-	if len(s) > logValueCap {
-		s = s[:logValueCap] + "…"
-	}
-	return strconv.Quote(s)
 }

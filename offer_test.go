@@ -3,26 +3,10 @@ package upgrade
 import (
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 )
-
-// offerRequest builds a request as Caddy's server would hand it to the
-// handler: proto version and header lines set directly, so that tests can
-// send what net/http's client would never write (several lines, odd case).
-func offerRequest(method string, major, minor int, hdr http.Header) *http.Request {
-	r := httptest.NewRequest(method, "http://example.com/ws", nil)
-	r.ProtoMajor, r.ProtoMinor = major, minor
-	r.Proto = "HTTP/" + strconv.Itoa(major) + "." + strconv.Itoa(minor)
-	r.Header = hdr
-	if r.Header == nil {
-		r.Header = http.Header{}
-	}
-	return r
-}
 
 // protos builds the expected protocol list from "name" / "name/version".
 func protos(ss ...string) []protocol {
@@ -32,15 +16,6 @@ func protos(ss ...string) []protocol {
 		out = append(out, protocol{name: name, version: version})
 	}
 	return out
-}
-
-// numberedProtocols returns "p0, p1, ..." with n elements.
-func numberedProtocols(n int) string {
-	ps := make([]string, n)
-	for i := range ps {
-		ps[i] = "p" + strconv.Itoa(i)
-	}
-	return strings.Join(ps, ", ")
 }
 
 func TestParseOfferHTTP1(t *testing.T) {
@@ -414,4 +389,197 @@ func TestConnectionHasToken(t *testing.T) {
 			t.Errorf("connectionHasToken(%q) = %v; want %v", tc.lines, got, tc.want)
 		}
 	}
+}
+
+// fzProtected reports whether a Connection option names Host, Origin or a
+// Sec-WebSocket-* field (SPEC §3: malformed). Only a valid field name can
+// name a field.
+func fzProtected(opt string) bool {
+	if !fzToken(opt) {
+		return false
+	}
+	l := strings.ToLower(opt)
+	return l == "host" || l == "origin" || strings.HasPrefix(l, "sec-websocket-")
+}
+
+// fzOfferOracle is SPEC §2 for an HTTP/1.x request: whether parseOffer must
+// fail, and the protocols it must return otherwise.
+func fzOfferOracle(upgrade, connection []string, minor int) (wantErr bool, want []string) {
+	if upgrade == nil || minor == 0 {
+		return false, nil
+	}
+	hasUpgradeOpt := false
+	for _, opt := range fzElements(connection) {
+		if strings.EqualFold(opt, "upgrade") {
+			hasUpgradeOpt = true
+		}
+	}
+	if !hasUpgradeOpt {
+		return false, nil
+	}
+	for _, opt := range fzElements(connection) {
+		if fzProtected(opt) {
+			return true, nil
+		}
+	}
+	size := 0
+	for _, l := range upgrade {
+		size += len(l)
+	}
+	if size > 512 {
+		return true, nil
+	}
+	elems := fzElements(upgrade)
+	if len(elems) > 16 {
+		return true, nil
+	}
+	for _, e := range elems {
+		if !fzProtocolOK(e) {
+			return true, nil
+		}
+	}
+	return false, elems
+}
+
+func fzProtocolStrings(o offer) []string {
+	var out []string
+	for _, p := range o.protocols {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+func fzParseLines(t *testing.T, lines []string) offer {
+	t.Helper()
+	r := &http.Request{ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{
+		"Connection": {"Upgrade"},
+		"Upgrade":    lines,
+	}}
+	o, err := parseOffer(r)
+	if err != nil {
+		t.Fatalf("re-parsing %q: %v", lines, err)
+	}
+	return o
+}
+
+func FuzzParseOffer(f *testing.F) {
+	// RFC 9110 §7.8 and RFC 6455 §1.2 examples, h2csmuggler, the attack
+	// cases of adversarial_test.go, and the limits.
+	seeds := []struct {
+		upgrade, connection string
+		minor               uint8
+	}{
+		{"HTTP/2.0, SHTTP/1.3, IRC/6.9, RTA/x11", "Upgrade", 1},
+		{"websocket", "Upgrade", 1},
+		{"websocket", "keep-alive, Upgrade", 1},
+		{"WebSocket", "upgrade", 1},
+		{"h2c", "Upgrade, HTTP2-Settings", 1},
+		{"h2c", "Upgrade", 1},
+		{"H2C", "UPGRADE", 1},
+		{"h2c", "", 1},
+		{"websocket", "Upgrade", 0},
+		{"h2c\nwebsocket", "Upgrade", 1},
+		{"websocket, h2c", "Upgrade", 1},
+		{"h2c websocket", "Upgrade", 1},
+		{`"websocket"`, "Upgrade", 1},
+		{"web\u0455ocket", "Upgrade", 1},
+		{"websocket;q=1", "Upgrade", 1},
+		{"websocket/13, foo/1/2", "Upgrade", 1},
+		{",\t foo ,, websocket ,", "Upgrade", 1},
+		{" , ", "Upgrade", 1},
+		{"websocket", "Upgrade, Sec-WebSocket-Key", 1},
+		{"websocket", "Upgrade\nOrigin", 1},
+		{"websocket", "Upgrade, Host", 1},
+		{"websocket", "close,\tUpgrade ,", 1},
+		{"websocket, " + strings.Repeat("a", 501), "Upgrade", 1},
+		{"websocket, " + strings.Repeat("a", 502), "Upgrade", 1},
+		{strings.Repeat("a,", 15) + "websocket", "Upgrade", 1},
+		{strings.Repeat("a,", 16) + "websocket", "Upgrade", 1},
+		{strings.Repeat("p\n", 16) + "websocket", "Upgrade", 1},
+		{"a/b", "Upgrade", 9},
+	}
+	for _, s := range seeds {
+		f.Add(s.upgrade, s.connection, s.minor)
+	}
+	f.Fuzz(func(t *testing.T, upgrade, connection string, minor uint8) {
+		m := int(minor % 10) // HTTP/1.0 through HTTP/1.9, as Go parses them
+		h := http.Header{}
+		up, conn := fzLines(upgrade), fzLines(connection)
+		if up != nil {
+			h["Upgrade"] = up
+		}
+		if conn != nil {
+			h["Connection"] = conn
+		}
+		before := h.Clone()
+		r := &http.Request{Method: "GET", ProtoMajor: 1, ProtoMinor: m, Header: h}
+		o, err := parseOffer(r)
+		if !reflect.DeepEqual(h, before) {
+			t.Fatalf("parseOffer changed the header: %q, was %q", h, before)
+		}
+
+		wantErr, want := fzOfferOracle(up, conn, m)
+		if (err != nil) != wantErr {
+			t.Fatalf("parseOffer(Upgrade %q, Connection %q, HTTP/1.%d): err %v, oracle wants error: %v", up, conn, m, err, wantErr)
+		}
+		if err != nil {
+			if !errors.Is(err, errMalformedOffer) {
+				t.Fatalf("error %v does not wrap errMalformedOffer", err)
+			}
+			if o.present() {
+				t.Fatalf("an error came with an offer %v", o)
+			}
+			return
+		}
+		got := fzProtocolStrings(o)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("parseOffer(Upgrade %q, Connection %q, HTTP/1.%d) = %q, oracle %q", up, conn, m, got, want)
+		}
+		if o.extendedConnect {
+			t.Fatalf("an HTTP/1.%d request gave an extended CONNECT offer", m)
+		}
+		if !o.present() {
+			return
+		}
+
+		// An accepted offer: 1–16 protocols, at most 512 bytes received,
+		// each token["/"token].
+		if n := len(o.protocols); n < 1 || n > 16 {
+			t.Fatalf("accepted offer of %d protocols", n)
+		}
+		size := 0
+		for _, l := range up {
+			size += len(l)
+		}
+		if size > 512 {
+			t.Fatalf("accepted %d bytes of Upgrade", size)
+		}
+		for _, p := range o.protocols {
+			if !fzToken(p.name) || (p.version != "" && !fzToken(p.version)) || !fzProtocolOK(p.String()) {
+				t.Fatalf("accepted protocol %q (name %q, version %q)", p.String(), p.name, p.version)
+			}
+		}
+
+		// parse(format(x)) == x: one protocol per line (never longer than
+		// what was received), and joined with ", " into one line, which
+		// must round-trip unless the separators push it past 512 bytes.
+		if again := fzProtocolStrings(fzParseLines(t, got)); !reflect.DeepEqual(again, got) {
+			t.Fatalf("one per line: %q re-parses as %q", got, again)
+		}
+		joined := strings.Join(got, ", ")
+		r2 := &http.Request{ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {joined}}}
+		o2, err := parseOffer(r2)
+		switch {
+		case len(joined) > 512:
+			if err == nil {
+				t.Fatalf("joined %d bytes accepted", len(joined))
+			}
+		case err != nil:
+			t.Fatalf("joined %q: %v", joined, err)
+		default:
+			if again := fzProtocolStrings(o2); !reflect.DeepEqual(again, got) {
+				t.Fatalf("joined %q re-parses as %q, want %q", joined, again, got)
+			}
+		}
+	})
 }

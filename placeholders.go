@@ -54,6 +54,16 @@ const (
 // request, which only a handler adding an Upgrade offer between two
 // upgrade handlers could produce: the offer's values stay.
 
+// outcomeValues holds the names already boxed as interface values: setting
+// a placeholder from one then costs no allocation, which matters on the
+// path of every request without an offer.
+var outcomeValues = func() (v [numOutcomes]any) {
+	for i := range v {
+		v[i] = outcome(i).String()
+	}
+	return v
+}()
+
 // noOfferProvider answers the placeholders of a request without an offer.
 // A func without captures: converting it to a provider allocates nothing.
 var noOfferProvider = caddy.ReplacerFunc(noOfferValues)

@@ -34,15 +34,8 @@ var outcomeNames = [...]string{
 	outcomeBackendInvalid: "backend_invalid",
 }
 
-// outcomeValues holds the names already boxed as interface values: setting
-// a placeholder from one then costs no allocation, which matters on the
-// path of every request without an offer.
-var outcomeValues = func() (v [len(outcomeNames)]any) {
-	for i, name := range outcomeNames {
-		v[i] = name
-	}
-	return v
-}()
+// numOutcomes is the number of outcomes, for tables indexed by outcome.
+const numOutcomes = len(outcomeNames)
 
 func (o outcome) String() string { return outcomeNames[o] }
 
@@ -53,6 +46,21 @@ type policy struct {
 	require bool
 	reject  bool // on_disallowed: reject
 }
+
+// newPolicy is the policy of a route that allows the protocols allowed,
+// in that order: require answers a request without an allowed offer with
+// 426, and reject (on_disallowed reject) an offer of nothing allowed with
+// 403.
+func newPolicy(allowed []protocol, require, reject bool) policy {
+	p := policy{allowed: allowed, require: require, reject: reject}
+	for _, a := range allowed {
+		p.labels = append(p.labels, strings.ToLower(a.name))
+	}
+	return p
+}
+
+// requires reports whether a request must offer an allowed protocol.
+func (p *policy) requires() bool { return p.require }
 
 // verdict is the policy's answer for one offer.
 type verdict struct {
@@ -128,3 +136,19 @@ func (p *policy) requiredList() string {
 	}
 	return strings.Join(names, ", ")
 }
+
+// protocolLabel bounds the protocol label to the configured names: the
+// first offered name the route lists, lower-cased, or "other".
+func (p *policy) protocolLabel(o offer) string {
+	for _, offered := range o.protocols {
+		for i, allowed := range p.allowed {
+			if strings.EqualFold(allowed.name, offered.name) {
+				return p.labels[i]
+			}
+		}
+	}
+	return labelOther
+}
+
+// labelOther is the metric label of an offer naming no configured protocol.
+const labelOther = "other"

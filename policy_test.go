@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -9,15 +10,16 @@ import (
 // does.
 func testPolicy(t *testing.T, require, reject bool, allowed ...string) *policy {
 	t.Helper()
-	p := &policy{require: require, reject: reject}
+	var ps []protocol
 	for _, s := range allowed {
 		pr, ok := parseProtocol(s)
 		if !ok {
 			t.Fatalf("bad protocol %q in test", s)
 		}
-		p.allowed = append(p.allowed, pr)
+		ps = append(ps, pr)
 	}
-	return p
+	p := newPolicy(ps, require, reject)
+	return &p
 }
 
 func h1Offer(ss ...string) offer { return offer{protocols: protos(ss...)} }
@@ -217,26 +219,120 @@ func TestPolicyRequiredList(t *testing.T) {
 	}
 }
 
-// TestPolicyFromProvision checks that Provision builds the policy the
-// table expects from the JSON fields.
-func TestPolicyFromProvision(t *testing.T) {
-	tests := []struct {
-		h           Handler
-		wantRequire bool
-		wantReject  bool
-		wantList    string
-	}{
-		{Handler{Protocols: []string{"websocket", "foo/2"}}, false, false, "websocket, foo/2"},
-		{Handler{Protocols: []string{"websocket"}, Require: true}, true, false, "websocket"},
-		{Handler{Protocols: []string{"websocket"}, OnDisallowed: "reject"}, false, true, "websocket"},
-		{Handler{Protocols: []string{"websocket"}, OnDisallowed: "ignore"}, false, false, "websocket"},
-	}
-	for _, tc := range tests {
-		h := tc.h
-		provisionHandler(t, &h)
-		if h.policy.require != tc.wantRequire || h.policy.reject != tc.wantReject || h.policy.requiredList() != tc.wantList {
-			t.Errorf("%+v: policy = require %v reject %v list %q; want %v %v %q", tc.h,
-				h.policy.require, h.policy.reject, h.policy.requiredList(), tc.wantRequire, tc.wantReject, tc.wantList)
+// fzProtocols parses a comma list into protocols, keeping only the
+// well-formed ones (as Validate would have refused the rest).
+func fzProtocols(s string) []protocol {
+	var out []protocol
+	for _, e := range fzElements([]string{s}) {
+		if !fzProtocolOK(e) {
+			continue
 		}
+		name, version, _ := strings.Cut(e, "/")
+		out = append(out, protocol{name: name, version: version})
 	}
+	return out
+}
+
+// fzMatches is SPEC §1: names case-insensitive, versions exact; an entry
+// without a version admits any version or none.
+func fzMatches(entry, offered protocol) bool {
+	return strings.EqualFold(entry.name, offered.name) && (entry.version == "" || entry.version == offered.version)
+}
+
+func FuzzPolicyDecide(f *testing.F) {
+	f.Add("websocket, foo/2", "foo/1, WebSocket/13, foo/2", false, false, false, uint8(1))
+	f.Add("websocket", "h2c", false, false, false, uint8(1))
+	f.Add("websocket", "h2c", true, false, false, uint8(1))
+	f.Add("websocket", "h2c", false, true, false, uint8(1))
+	f.Add("websocket", "", true, false, false, uint8(2))
+	f.Add("websocket, foo/2", "foo", false, false, true, uint8(2))
+	f.Add("websocket, foo/2", "websocket", true, true, true, uint8(3))
+	f.Add("foo/2", "FOO/2, foo/2", false, false, false, uint8(1))
+	f.Add("foo/2", "foo/02", false, false, false, uint8(1))
+	f.Add("FOO, websocket", "h2c, websocket, foo", false, false, false, uint8(1))
+	f.Fuzz(func(t *testing.T, allowedList, offered string, require, reject, xconnect bool, major uint8) {
+		p := newPolicy(fzProtocols(allowedList), require, reject)
+		o := offer{protocols: fzProtocols(offered), extendedConnect: xconnect}
+		if xconnect {
+			// An extended CONNECT offers one bare token.
+			if len(o.protocols) > 0 {
+				o.protocols = []protocol{{name: o.protocols[0].name}}
+			}
+		}
+		httpMajor := int(major%3) + 1
+		if xconnect && httpMajor == 1 {
+			httpMajor = 2
+		}
+
+		// The oracle: the first offered protocol, in client order, that any
+		// allowed entry matches.
+		var sel *protocol
+		for i := range o.protocols {
+			for _, a := range p.allowed {
+				if fzMatches(a, o.protocols[i]) {
+					sel = &o.protocols[i]
+					break
+				}
+			}
+			if sel != nil {
+				break
+			}
+		}
+
+		v := p.decide(o, httpMajor)
+		required := http.StatusUpgradeRequired
+		if httpMajor >= 2 {
+			required = http.StatusBadRequest
+		}
+		if v.outcome == outcomeAccepted {
+			if sel == nil {
+				t.Fatalf("allowed %q, offered %q: accepted %q, which no allowed entry matches", p.allowed, o.protocols, v.selected)
+			}
+			if v.selected != *sel {
+				t.Fatalf("allowed %q, offered %q: selected %q, want the first match %q", p.allowed, o.protocols, v.selected, *sel)
+			}
+			if !fzMatches(v.entry, v.selected) {
+				t.Fatalf("entry %q does not match selected %q", v.entry, v.selected)
+			}
+			found := false
+			for _, a := range p.allowed {
+				found = found || a == v.entry
+			}
+			if !found {
+				t.Fatalf("entry %q is not an allowed entry of %q", v.entry, p.allowed)
+			}
+			if xconnect && v.entry.version != "" {
+				t.Fatalf("extended CONNECT matched the versioned entry %q", v.entry)
+			}
+			if v.status != 0 {
+				t.Fatalf("accepted with status %d", v.status)
+			}
+			return
+		}
+		if sel != nil {
+			t.Fatalf("allowed %q, offered %q: outcome %s, but %q is allowed", p.allowed, o.protocols, v.outcome, *sel)
+		}
+		// SPEC §3 table, nothing selected.
+		var wantOutcome outcome
+		wantStatus := 0
+		switch {
+		case len(o.protocols) > 0 && reject:
+			wantOutcome, wantStatus = outcomeRejected, http.StatusForbidden
+		case len(o.protocols) > 0 && xconnect:
+			wantOutcome, wantStatus = outcomeUnsupported, http.StatusNotImplemented
+		case require:
+			wantOutcome, wantStatus = outcomeRequired, required
+		case len(o.protocols) > 0:
+			wantOutcome = outcomeIgnored
+		default:
+			wantOutcome = outcomeNone
+		}
+		if v.outcome != wantOutcome || v.status != wantStatus {
+			t.Fatalf("allowed %q, offered %q (require %v, reject %v, extended CONNECT %v, HTTP/%d): %s %d, want %s %d",
+				p.allowed, o.protocols, require, reject, xconnect, httpMajor, v.outcome, v.status, wantOutcome, wantStatus)
+		}
+		if v.selected != (protocol{}) || v.entry != (protocol{}) {
+			t.Fatalf("not accepted, but selected %q entry %q", v.selected, v.entry)
+		}
+	})
 }

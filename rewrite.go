@@ -28,11 +28,9 @@ func removeStrayUpgrade(r *http.Request) {
 // removeConnectionToken rewrites the Connection field without opt.
 func removeConnectionToken(h http.Header, opt string) {
 	var kept []string
-	for _, line := range h["Connection"] {
-		for elem := range strings.SplitSeq(line, ",") {
-			if elem = trimOWS(elem); elem != "" && !strings.EqualFold(elem, opt) {
-				kept = append(kept, elem)
-			}
+	for elem := range headerElements(h["Connection"]) {
+		if !strings.EqualFold(elem, opt) {
+			kept = append(kept, elem)
 		}
 	}
 	if len(kept) == 0 {
@@ -67,7 +65,7 @@ func rewriteAccepted(r *http.Request, o offer, v verdict, subprotocols []string)
 		r.Header["Connection"] = []string{"Upgrade"}
 		r.Header["Upgrade"] = []string{v.selected.String()}
 	}
-	if subprotocols != nil && isWebSocket(v.entry) {
+	if subprotocols != nil && v.entry.isWebSocket() {
 		filterSubprotocolHeader(r.Header, subprotocols)
 	}
 }
@@ -82,5 +80,3 @@ func forwardedProtocol(o offer, v verdict) string {
 	}
 	return v.selected.String()
 }
-
-func isWebSocket(p protocol) bool { return strings.EqualFold(p.name, "websocket") }

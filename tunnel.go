@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -139,7 +138,7 @@ func (w *sideWriter) SetWriteDeadline(d time.Time) error {
 // sendClose writes the close frame p through gate in the background,
 // unless one was already sent or is on its way.
 func (t *tunnel) sendClose(gate *frameGate, w io.Writer, p []byte, wrote func(int)) {
-	if gate.closeClaimed.Swap(true) {
+	if !gate.claimClose() {
 		return
 	}
 	p = bytes.Clone(p)
@@ -147,18 +146,6 @@ func (t *tunnel) sendClose(gate *frameGate, w io.Writer, p []byte, wrote func(in
 		n, _ := gate.outsideWrite(w, p, closeFrameWait)
 		wrote(n)
 	}()
-}
-
-// closeFrame1001 is a server's close frame, "going away", as Caddy writes
-// it on a reload.
-var closeFrame1001 = []byte{0x88, 0x02, 1001 >> 8, 1001 & 0xff}
-
-// maskedCloseFrame is closeFrame1001 as a client must send it (masked,
-// RFC 6455 §5.3).
-func maskedCloseFrame() []byte {
-	k := rand.Uint32()
-	key := [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
-	return []byte{0x88, 0x82, key[0], key[1], key[2], key[3], closeFrame1001[2] ^ key[0], closeFrame1001[3] ^ key[1]}
 }
 
 // closeSide closes one side of the tunnel with closeNow. While a reload

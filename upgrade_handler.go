@@ -16,7 +16,7 @@ import (
 // accepted upgrade on with its answer guarded.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if !h.policy.require && withoutOffer(r) {
+	if !h.policy.requires() && withoutOffer(r) {
 		setPlaceholders(repl, r, offer{}, verdict{outcome: outcomeNone}, false)
 		return next.ServeHTTP(w, r)
 	}
@@ -77,7 +77,7 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 			reason: "too many open tunnels (max_connections)"})
 	}
 	ctx, cancel := context.WithCancel(r.Context())
-	ws := isWebSocket(v.entry)
+	ws := v.entry.isWebSocket()
 	t := &tunnel{limit: h.tunnels, owner: h.owner, cancel: cancel, label: label,
 		idle: time.Duration(h.IdleTimeout), maxLife: time.Duration(h.MaxDuration),
 		up: newFrameGate(ws), down: newFrameGate(ws)}

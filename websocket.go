@@ -81,7 +81,7 @@ func acceptKey(key string) string {
 // nothing is left, and the caller then removes the header (SPEC §4).
 func filterSubprotocols(offered []string, allowed []string) []string {
 	var kept []string
-	for _, p := range headerTokens(offered) {
+	for p := range headerElements(offered) {
 		for _, a := range allowed {
 			if p == a {
 				kept = append(kept, p)
@@ -90,55 +90,6 @@ func filterSubprotocols(offered []string, allowed []string) []string {
 		}
 	}
 	return kept
-}
-
-// headerTokens splits field lines holding comma-separated lists (RFC 9110
-// §5.6.1) into their elements: lines join in order, spaces and tabs around
-// each element are removed, and empty elements are skipped. It does not
-// validate the elements and knows nothing of quoted strings (like Go's
-// httpguts and Caddy's reverse proxy, which read Connection and Upgrade the
-// same way); use it for lists of tokens. See headerListElements for lists
-// whose elements may carry quoted parameters.
-func headerTokens(values []string) []string {
-	var out []string
-	for _, line := range values {
-		for elem := range strings.SplitSeq(line, ",") {
-			if elem = trimOWS(elem); elem != "" {
-				out = append(out, elem)
-			}
-		}
-	}
-	return out
-}
-
-// headerListElements is headerTokens for lists whose elements may hold
-// quoted strings (RFC 9110 §5.6.4), such as Sec-WebSocket-Extensions
-// parameters: a comma inside double quotes does not split, and a backslash
-// inside quotes escapes the next byte. An unterminated quote runs to the end
-// of its line (each line is parsed on its own).
-func headerListElements(values []string) []string {
-	var out []string
-	add := func(elem string) {
-		if elem = trimOWS(elem); elem != "" {
-			out = append(out, elem)
-		}
-	}
-	for _, line := range values {
-		start, quoted := 0, false
-		for i := 0; i < len(line); i++ {
-			switch c := line[i]; {
-			case quoted && c == '\\':
-				i++ // quoted-pair: skip the escaped byte
-			case c == '"':
-				quoted = !quoted
-			case !quoted && c == ',':
-				add(line[start:i])
-				start = i + 1
-			}
-		}
-		add(line[start:])
-	}
-	return out
 }
 
 // extensionName returns the extension token of one Sec-WebSocket-Extensions
@@ -151,6 +102,34 @@ func extensionName(elem string) string {
 		return ""
 	}
 	return strings.ToLower(name)
+}
+
+// filterSubprotocolHeader keeps only allowed subprotocols, in client order
+// (SPEC §4), and drops the field when none is left.
+func filterSubprotocolHeader(h http.Header, allowed []string) {
+	offered, ok := h["Sec-Websocket-Protocol"]
+	if !ok {
+		return
+	}
+	kept := filterSubprotocols(offered, allowed)
+	if len(kept) == 0 {
+		delete(h, "Sec-Websocket-Protocol")
+		return
+	}
+	h["Sec-Websocket-Protocol"] = []string{strings.Join(kept, ", ")}
+}
+
+// offersOnlyOtherSubprotocols reports whether a handshake offers
+// subprotocols (Sec-WebSocket-Protocol) and none of them is in allowed.
+func offersOnlyOtherSubprotocols(h http.Header, allowed []string) bool {
+	offered := h["Sec-Websocket-Protocol"]
+	if len(filterSubprotocols(offered, allowed)) > 0 {
+		return false
+	}
+	for range headerElements(offered) {
+		return true
+	}
+	return false
 }
 
 // checkWebSocket101 checks a backend's 101 to a WebSocket handshake against
@@ -197,7 +176,7 @@ func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reas
 			return "Sec-WebSocket-Protocol " + quoteForLog(protos[0]) + " is not one subprotocol"
 		}
 		offered := false
-		for _, o := range headerTokens(wsValues(reqHeader, "Sec-WebSocket-Protocol")) {
+		for o := range headerElements(wsValues(reqHeader, "Sec-WebSocket-Protocol")) {
 			if o == p {
 				offered = true
 				break

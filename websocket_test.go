@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -99,7 +100,7 @@ func TestCheckWebSocketRequestLongVersionReason(t *testing.T) {
 	}
 }
 
-func TestHeaderTokens(t *testing.T) {
+func TestHeaderElements(t *testing.T) {
 	tests := []struct {
 		in   []string
 		want []string
@@ -114,8 +115,8 @@ func TestHeaderTokens(t *testing.T) {
 		{[]string{`x="a,b"`}, []string{`x="a`, `b"`}}, // not quote-aware
 	}
 	for _, tt := range tests {
-		if got := headerTokens(tt.in); !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("headerTokens(%q) = %q, want %q", tt.in, got, tt.want)
+		if got := slices.Collect(headerElements(tt.in)); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("headerElements(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -291,10 +292,8 @@ func FuzzCheckWebSocket101(f *testing.F) {
 		if p := res["Sec-Websocket-Protocol"]; len(p) > 0 {
 			v := strings.Trim(p[0], " \t")
 			found := false
-			for _, line := range req["Sec-Websocket-Protocol"] {
-				for _, o := range strings.Split(line, ",") {
-					found = found || strings.Trim(o, " \t") == v
-				}
+			for _, o := range fzElements(req["Sec-Websocket-Protocol"]) {
+				found = found || o == v
 			}
 			if len(p) != 1 || v == "" || strings.Contains(v, ",") || !found {
 				t.Fatalf("accepted subprotocol %q for offer %q", p, req["Sec-Websocket-Protocol"])
@@ -302,21 +301,14 @@ func FuzzCheckWebSocket101(f *testing.F) {
 		}
 		if !strings.Contains(resExt+reqExt, `"`) { // without quotes a plain split is exact
 			offered := map[string]bool{}
-			for _, line := range req["Sec-Websocket-Extensions"] {
-				for _, e := range strings.Split(line, ",") {
-					n, _, _ := strings.Cut(e, ";")
-					offered[strings.ToLower(strings.Trim(n, " \t"))] = true
-				}
+			for _, e := range fzElements(req["Sec-Websocket-Extensions"]) {
+				n, _, _ := strings.Cut(e, ";")
+				offered[strings.ToLower(strings.Trim(n, " \t"))] = true
 			}
-			for _, line := range res["Sec-Websocket-Extensions"] {
-				for _, e := range strings.Split(line, ",") {
-					if strings.Trim(e, " \t") == "" {
-						continue
-					}
-					n, _, _ := strings.Cut(e, ";")
-					if n = strings.ToLower(strings.Trim(n, " \t")); n == "" || !offered[n] {
-						t.Fatalf("accepted extension %q for offer %q", e, req["Sec-Websocket-Extensions"])
-					}
+			for _, e := range fzElements(res["Sec-Websocket-Extensions"]) {
+				n, _, _ := strings.Cut(e, ";")
+				if n = strings.ToLower(strings.Trim(n, " \t")); n == "" || !offered[n] {
+					t.Fatalf("accepted extension %q for offer %q", e, req["Sec-Websocket-Extensions"])
 				}
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -201,6 +202,10 @@ func newFrameGate(websocket bool) *frameGate {
 	return &frameGate{granted: make(chan struct{}, 1), done: make(chan struct{}, 1), sent: make(chan struct{})}
 }
 
+// claimClose reports whether this is the first claim to write a close
+// frame from outside the loop: RFC 6455 §5.5.1 allows one a direction.
+func (g *frameGate) claimClose() bool { return !g.closeClaimed.Swap(true) }
+
 // closedGate stands for a disabled gate's closeSent: no frames to wait for.
 var closedGate = func() chan struct{} {
 	c := make(chan struct{})
@@ -381,4 +386,16 @@ func hasCloseFrame(p []byte) bool {
 		p = p[k:]
 	}
 	return false
+}
+
+// closeFrame1001 is a server's close frame, "going away", as Caddy writes
+// it on a reload.
+var closeFrame1001 = []byte{0x88, 0x02, 1001 >> 8, 1001 & 0xff}
+
+// maskedCloseFrame is closeFrame1001 as a client must send it (masked,
+// RFC 6455 §5.3).
+func maskedCloseFrame() []byte {
+	k := rand.Uint32()
+	key := [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
+	return []byte{0x88, 0x82, key[0], key[1], key[2], key[3], closeFrame1001[2] ^ key[0], closeFrame1001[3] ^ key[1]}
 }
