@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // The client side of a tunnel: the response guard that holds back an
@@ -69,7 +71,7 @@ func (g *responseGuard) WriteHeader(code int) {
 		return
 	case g.exp.extendedConnect && code >= 200 && code < 300:
 		if g.exp.websocket {
-			if reason := checkWebSocket101(g.exp.clientHeader, g.Header(), false); reason != "" {
+			if reason := protocol.CheckWebSocket101(g.exp.clientHeader, g.Header(), false); reason != "" {
 				g.exp.invalid = reason
 				return
 			}
@@ -142,7 +144,7 @@ func (w guardOutside) Write(p []byte) (int, error) {
 	return w.g.writeFlushed(p)
 }
 
-// SetWriteDeadline bounds the close frame's write (frameGate.write), as a
+// SetWriteDeadline bounds the close frame's write (wsframe.Gate.OutsideWrite), as a
 // net.Conn's does on HTTP/1.1.
 func (w guardOutside) SetWriteDeadline(d time.Time) error {
 	w.g.outsideMu.Lock()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // What an accepted upgrade's answer must look like (docs/behaviour.md §5),
@@ -32,7 +34,7 @@ type expectation struct {
 func (e *expectation) count() {
 	if !e.counted {
 		e.counted = true
-		countRequest(e.label, outcomeAccepted)
+		countRequest(e.label, protocol.OutcomeAccepted)
 	}
 }
 
@@ -50,5 +52,5 @@ var errBackendInvalid = errors.New("backend answered the upgrade incorrectly")
 // check101 checks a backend's 101 against what this expectation asked
 // for (docs/behaviour.md §5); "" when the answer passes.
 func (e *expectation) check101(forwarded, res http.Header, checkAccept bool) string {
-	return check101(e.selected, e.websocket, forwarded, res, checkAccept)
+	return protocol.Check101(e.selected, e.websocket, forwarded, res, checkAccept)
 }

@@ -6,11 +6,12 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // websocketPolicy is the provisioned form of WebSocketConfig.
 type websocketPolicy struct {
-	origins       originList
+	origins       protocol.OriginList
 	checkOrigins  bool // origins or require_origin set
 	requireOrigin bool
 	subprotocols  []string // nil: forward the client's list untouched
@@ -20,7 +21,7 @@ func (p *websocketPolicy) provision(c *WebSocketConfig) error {
 	if c == nil {
 		return nil
 	}
-	origins, err := newOriginList(c.Origins)
+	origins, err := protocol.NewOriginList(c.Origins)
 	if err != nil {
 		return err
 	}
@@ -41,12 +42,12 @@ func (p *websocketPolicy) validate(c *WebSocketConfig) error {
 		return nil
 	}
 	for _, o := range c.Origins {
-		if err := validateOriginEntry(o); err != nil {
+		if err := protocol.ValidateOriginEntry(o); err != nil {
 			return err
 		}
 	}
 	for _, s := range c.Subprotocols {
-		if !isToken(s) {
+		if !protocol.IsToken(s) {
 			return fmt.Errorf("subprotocols: %q is not a token", s)
 		}
 	}
@@ -55,26 +56,26 @@ func (p *websocketPolicy) validate(c *WebSocketConfig) error {
 
 // checkAccepted runs the checks that follow selection, in SPEC §3 order:
 // body, WebSocket method/key/duplicates, WebSocket version, Origin.
-func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy.Replacer) (refusal, bool) {
-	if o.extendedConnect && h.proxy != nil && !v.entry.isWebSocket() {
+func (h *Handler) checkAccepted(r *http.Request, o protocol.Offer, v protocol.Verdict, repl *caddy.Replacer) (refusal, bool) {
+	if o.ExtendedConnect && h.proxy != nil && !v.Entry.IsWebSocket() {
 		// Caddy's reverse proxy turns only a websocket extended CONNECT
 		// into an HTTP/1.1 upgrade; anything else would reach the backend
 		// as a plain CONNECT.
-		return refusal{outcome: outcomeUnsupported, status: http.StatusNotImplemented,
-			reason: "extended CONNECT :protocol " + quoteForLog(v.entry.name) + " cannot be delegated (only websocket)"}, true
+		return refusal{outcome: protocol.OutcomeUnsupported, status: http.StatusNotImplemented,
+			reason: "extended CONNECT :protocol " + protocol.QuoteForLog(v.Entry.Name) + " cannot be delegated (only websocket)"}, true
 	}
-	if !o.extendedConnect && (r.ContentLength > 0 || len(r.TransferEncoding) > 0) {
-		return refusal{outcome: outcomeInvalid, status: http.StatusBadRequest,
+	if !o.ExtendedConnect && (r.ContentLength > 0 || len(r.TransferEncoding) > 0) {
+		return refusal{outcome: protocol.OutcomeInvalid, status: http.StatusBadRequest,
 			reason: "an upgrade request must not carry a body"}, true
 	}
-	if !v.entry.isWebSocket() {
+	if !v.Entry.IsWebSocket() {
 		return refusal{}, false
 	}
-	if status, reason := checkWebSocketRequest(r.Method, r.Header, o.extendedConnect); status != 0 {
-		ref := refusal{outcome: outcomeInvalid, status: status, reason: reason}
+	if status, reason := protocol.CheckWebSocketRequest(r.Method, r.Header, o.ExtendedConnect); status != 0 {
+		ref := refusal{outcome: protocol.OutcomeInvalid, status: status, reason: reason}
 		if status == http.StatusUpgradeRequired {
-			ref = refusal{outcome: outcomeRequired, status: requiredStatus(r.ProtoMajor), reason: reason,
-				required: h.policy.requiredList(), wsVersion: true}
+			ref = refusal{outcome: protocol.OutcomeRequired, status: protocol.RequiredStatus(r.ProtoMajor), reason: reason,
+				required: h.policy.RequiredList(), wsVersion: true}
 			if r.ProtoMajor >= 2 {
 				ref.reason += " (required: " + ref.required + ")"
 			}
@@ -82,8 +83,8 @@ func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy
 		return ref, true
 	}
 	if h.websocket.checkOrigins {
-		if ok, reason := h.websocket.origins.check(r.Header["Origin"], replacer(repl), h.websocket.requireOrigin); !ok {
-			return refusal{outcome: outcomeRejected, status: http.StatusForbidden, reason: reason}, true
+		if ok, reason := h.websocket.origins.Check(r.Header["Origin"], replacer(repl), h.websocket.requireOrigin); !ok {
+			return refusal{outcome: protocol.OutcomeRejected, status: http.StatusForbidden, reason: reason}, true
 		}
 	}
 	if ref, refused := h.websocket.checkSubprotocols(r.Header); refused {
@@ -99,10 +100,10 @@ func (h *Handler) checkAccepted(r *http.Request, o offer, v verdict, repl *caddy
 // connection. 403, as for an Origin: the request is well formed, the
 // route's policy refuses it.
 func (p *websocketPolicy) checkSubprotocols(h http.Header) (refusal, bool) {
-	if p.subprotocols == nil || !offersOnlyOtherSubprotocols(h, p.subprotocols) {
+	if p.subprotocols == nil || !protocol.OffersOnlyOtherSubprotocols(h, p.subprotocols) {
 		return refusal{}, false
 	}
-	return refusal{outcome: outcomeRejected, status: http.StatusForbidden,
+	return refusal{outcome: protocol.OutcomeRejected, status: http.StatusForbidden,
 		reason: "none of the offered subprotocols is allowed (allowed: " + strings.Join(p.subprotocols, ", ") + ")"}, true
 }
 

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // The collectors live for the process: Caddy makes a new registry for each
@@ -51,7 +52,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 }
 
 // countRequest records a request with an offer once, with its final outcome.
-func countRequest(label string, out outcome) {
+func countRequest(label string, out protocol.Outcome) {
 	upgradeMetrics.requests.WithLabelValues(label, out.String()).Inc()
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // provisionHandler provisions h in a bare context, as Caddy's own module
@@ -386,11 +387,11 @@ func TestPolicyFromProvision(t *testing.T) {
 		provisionHandler(t, &h)
 		// require shows in the answer to no offer, on_disallowed in the
 		// answer to an offer of nothing allowed.
-		require := h.policy.decide(offer{}, 1).outcome == outcomeRequired
-		reject := h.policy.decide(offer{protocols: []protocol{{name: "bar"}}}, 1).outcome == outcomeRejected
-		if require != tc.wantRequire || reject != tc.wantReject || h.policy.requiredList() != tc.wantList {
+		require := h.policy.Decide(protocol.Offer{}, 1).Outcome == protocol.OutcomeRequired
+		reject := h.policy.Decide(protocol.Offer{Protocols: []protocol.Protocol{{Name: "bar"}}}, 1).Outcome == protocol.OutcomeRejected
+		if require != tc.wantRequire || reject != tc.wantReject || h.policy.RequiredList() != tc.wantList {
 			t.Errorf("%+v: policy = require %v reject %v list %q; want %v %v %q", tc.h,
-				require, reject, h.policy.requiredList(), tc.wantRequire, tc.wantReject, tc.wantList)
+				require, reject, h.policy.RequiredList(), tc.wantRequire, tc.wantReject, tc.wantList)
 		}
 	}
 }

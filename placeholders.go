@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // Placeholders set for every request this handler sees (SPEC §7).
@@ -57,9 +58,9 @@ const (
 // outcomeValues holds the names already boxed as interface values: setting
 // a placeholder from one then costs no allocation, which matters on the
 // path of every request without an offer.
-var outcomeValues = func() (v [numOutcomes]any) {
+var outcomeValues = func() (v [protocol.NumOutcomes]any) {
 	for i := range v {
-		v[i] = outcome(i).String()
+		v[i] = protocol.Outcome(i).String()
 	}
 	return v
 }()
@@ -73,7 +74,7 @@ func noOfferValues(key string) (any, bool) {
 	case placeholderOffered, placeholderProtocol:
 		return "", true
 	case placeholderOutcome:
-		return outcomeValues[outcomeNone], true
+		return outcomeValues[protocol.OutcomeNone], true
 	case keyNoOffer:
 		return true, true
 	}
@@ -92,7 +93,7 @@ type placeholderState struct {
 
 	mu                sync.Mutex
 	offered, protocol string // boxed when read: most requests never read them
-	outcome           outcome
+	outcome           protocol.Outcome
 	// noOfferBefore: noOfferProvider was registered at the latest publication.
 	noOfferBefore bool
 }
@@ -130,18 +131,18 @@ func stateOf(repl *caddy.Replacer) *placeholderState {
 // setPlaceholders publishes the offer and the verdict; outcome is updated
 // again if the answer later fails (backend_invalid). A malformed offer
 // (present false) is still published as received, for the access log.
-func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict, malformed bool) {
-	if v.outcome == outcomeNone {
+func setPlaceholders(repl *caddy.Replacer, r *http.Request, o protocol.Offer, v protocol.Verdict, malformed bool) {
+	if v.Outcome == protocol.OutcomeNone {
 		repl.Map(noOfferProvider)
 		return
 	}
 	offered := ""
-	if o.present() || malformed {
+	if o.Present() || malformed {
 		offered = offeredAsReceived(r)
 	}
 	selected := ""
-	if v.outcome == outcomeAccepted {
-		selected = v.selected.String()
+	if v.Outcome == protocol.OutcomeAccepted {
+		selected = v.Selected.String()
 	}
 	noOffer := hasNoOffer(repl)
 	s := stateOf(repl)
@@ -149,20 +150,20 @@ func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict, 
 		if noOffer {
 			repl.Set(placeholderOffered, offered)
 			repl.Set(placeholderProtocol, selected)
-			repl.Set(placeholderOutcome, outcomeValues[v.outcome])
+			repl.Set(placeholderOutcome, outcomeValues[v.Outcome])
 			return
 		}
 		s = &placeholderState{repl: repl}
 		repl.Map(s.lookup)
 	}
 	s.mu.Lock()
-	s.offered, s.protocol, s.outcome, s.noOfferBefore = offered, selected, v.outcome, noOffer
+	s.offered, s.protocol, s.outcome, s.noOfferBefore = offered, selected, v.Outcome, noOffer
 	s.mu.Unlock()
 }
 
 // setOutcome publishes a later outcome of the request setPlaceholders
 // published.
-func setOutcome(repl *caddy.Replacer, out outcome) {
+func setOutcome(repl *caddy.Replacer, out protocol.Outcome) {
 	noOffer := hasNoOffer(repl)
 	if s := stateOf(repl); s != nil {
 		s.mu.Lock()

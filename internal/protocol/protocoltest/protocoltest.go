@@ -1,4 +1,6 @@
-package upgrade
+// Package protocoltest builds requests for the tests of package protocol
+// and of the handler and matcher that use it.
+package protocoltest
 
 import (
 	"net/http"
@@ -7,10 +9,10 @@ import (
 	"strings"
 )
 
-// offerRequest builds a request as Caddy's server would hand it to the
+// Request builds a request as Caddy's server would hand it to the
 // handler: proto version and header lines set directly, so that tests can
 // send what net/http's client would never write (several lines, odd case).
-func offerRequest(method string, major, minor int, hdr http.Header) *http.Request {
+func Request(method string, major, minor int, hdr http.Header) *http.Request {
 	r := httptest.NewRequest(method, "http://example.com/ws", nil)
 	r.ProtoMajor, r.ProtoMinor = major, minor
 	r.Proto = "HTTP/" + strconv.Itoa(major) + "." + strconv.Itoa(minor)
@@ -21,8 +23,8 @@ func offerRequest(method string, major, minor int, hdr http.Header) *http.Reques
 	return r
 }
 
-// numberedProtocols returns "p0, p1, ..." with n elements.
-func numberedProtocols(n int) string {
+// NumberedProtocols returns "p0, p1, ..." with n elements.
+func NumberedProtocols(n int) string {
 	ps := make([]string, n)
 	for i := range ps {
 		ps[i] = "p" + strconv.Itoa(i)

@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 import (
 	"crypto/sha1"
@@ -7,13 +7,13 @@ import (
 	"strings"
 )
 
-// This file holds the WebSocket handshake rules of RFC 6455 §4 (SPEC §4, §5)
-// as pure functions over header maps; it knows nothing of Caddy.
+// The WebSocket handshake rules of RFC 6455 §4 (SPEC §4, §5), over header
+// maps.
 
 // websocketGUID is the fixed string of RFC 6455 §1.3 appended to the key.
 const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-// checkWebSocketRequest applies the request checks of RFC 6455 §4.2.1 to a
+// CheckWebSocketRequest applies the request checks of RFC 6455 §4.2.1 to a
 // handshake whose protocol has already been selected, in SPEC §3 order: the
 // method, then the key (HTTP/1.1 only), then Sec-WebSocket-Version. It
 // returns 0 and "" when the request passes, else the status to answer (400,
@@ -28,10 +28,10 @@ const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 // Leading and trailing spaces and tabs are ignored in both values (Go's
 // server has already removed them from the wire). The key must be the
 // canonical base64 (standard alphabet, padded) of exactly 16 bytes.
-func checkWebSocketRequest(method string, h http.Header, extendedConnect bool) (status int, reason string) {
+func CheckWebSocketRequest(method string, h http.Header, extendedConnect bool) (status int, reason string) {
 	if !extendedConnect {
 		if method != http.MethodGet {
-			return http.StatusBadRequest, "WebSocket handshake method must be GET, not " + quoteForLog(method)
+			return http.StatusBadRequest, "WebSocket handshake method must be GET, not " + QuoteForLog(method)
 		}
 		keys := wsValues(h, "Sec-WebSocket-Key")
 		switch {
@@ -51,7 +51,7 @@ func checkWebSocketRequest(method string, h http.Header, extendedConnect bool) (
 		return http.StatusBadRequest, "duplicate Sec-WebSocket-Version"
 	}
 	if v := trimOWS(versions[0]); v != "13" {
-		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + quoteForLog(v) + " (13 required)"
+		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + QuoteForLog(v) + " (13 required)"
 	}
 	return 0, ""
 }
@@ -67,10 +67,10 @@ func validWebSocketKey(key string) bool {
 	return err == nil && len(b) == 16
 }
 
-// acceptKey computes Sec-WebSocket-Accept for a Sec-WebSocket-Key value
+// AcceptKey computes Sec-WebSocket-Accept for a Sec-WebSocket-Key value
 // (RFC 6455 §4.2.2): base64(SHA-1(key + GUID)). The key is used as sent,
 // without decoding; the caller trims surrounding whitespace.
-func acceptKey(key string) string {
+func AcceptKey(key string) string {
 	sum := sha1.Sum([]byte(key + websocketGUID))
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
@@ -81,7 +81,7 @@ func acceptKey(key string) string {
 // nothing is left, and the caller then removes the header (SPEC §4).
 func filterSubprotocols(offered []string, allowed []string) []string {
 	var kept []string
-	for p := range headerElements(offered) {
+	for p := range ListElements(offered) {
 		for _, a := range allowed {
 			if p == a {
 				kept = append(kept, p)
@@ -98,7 +98,7 @@ func filterSubprotocols(offered []string, allowed []string) []string {
 func extensionName(elem string) string {
 	name, _, _ := strings.Cut(elem, ";")
 	name = trimOWS(name)
-	if !isToken(name) {
+	if !IsToken(name) {
 		return ""
 	}
 	return strings.ToLower(name)
@@ -119,27 +119,27 @@ func filterSubprotocolHeader(h http.Header, allowed []string) {
 	h["Sec-Websocket-Protocol"] = []string{strings.Join(kept, ", ")}
 }
 
-// offersOnlyOtherSubprotocols reports whether a handshake offers
+// OffersOnlyOtherSubprotocols reports whether a handshake offers
 // subprotocols (Sec-WebSocket-Protocol) and none of them is in allowed.
-func offersOnlyOtherSubprotocols(h http.Header, allowed []string) bool {
+func OffersOnlyOtherSubprotocols(h http.Header, allowed []string) bool {
 	offered := h["Sec-Websocket-Protocol"]
 	if len(filterSubprotocols(offered, allowed)) > 0 {
 		return false
 	}
-	for range headerElements(offered) {
+	for range ListElements(offered) {
 		return true
 	}
 	return false
 }
 
-// checkWebSocket101 checks a backend's 101 to a WebSocket handshake against
+// CheckWebSocket101 checks a backend's 101 to a WebSocket handshake against
 // the request that was forwarded to it (SPEC §5); it returns "" when the
 // response is acceptable, else the reason for the 502. reqHeader must be
-// the header as sent to the backend (after filterSubprotocols), so that "a
+// the header as sent to the backend (after RewriteAccepted), so that "a
 // subprotocol that was forwarded" is what reqHeader lists.
 //
 //   - checkAccept (HTTP/1.1 towards the backend): exactly one
-//     Sec-WebSocket-Accept, equal to acceptKey of the request's single
+//     Sec-WebSocket-Accept, equal to AcceptKey of the request's single
 //     Sec-WebSocket-Key (both trimmed of spaces and tabs).
 //   - Sec-WebSocket-Protocol: absent, or one line holding one value that is
 //     one of the request's offered subprotocols (compared exactly); if the
@@ -150,7 +150,7 @@ func offersOnlyOtherSubprotocols(h http.Header, allowed []string) bool {
 //     Lists are split with quoted-string awareness.
 //
 // Connection and Upgrade are not looked at here.
-func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reason string) {
+func CheckWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reason string) {
 	if checkAccept {
 		keys := wsValues(reqHeader, "Sec-WebSocket-Key")
 		if len(keys) != 1 {
@@ -162,8 +162,8 @@ func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reas
 			return "missing Sec-WebSocket-Accept"
 		case len(accepts) > 1:
 			return "duplicate Sec-WebSocket-Accept"
-		case trimOWS(accepts[0]) != acceptKey(trimOWS(keys[0])):
-			return "wrong Sec-WebSocket-Accept " + quoteForLog(accepts[0])
+		case trimOWS(accepts[0]) != AcceptKey(trimOWS(keys[0])):
+			return "wrong Sec-WebSocket-Accept " + QuoteForLog(accepts[0])
 		}
 	}
 
@@ -173,30 +173,30 @@ func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reas
 		}
 		p := trimOWS(protos[0])
 		if p == "" || strings.Contains(p, ",") {
-			return "Sec-WebSocket-Protocol " + quoteForLog(protos[0]) + " is not one subprotocol"
+			return "Sec-WebSocket-Protocol " + QuoteForLog(protos[0]) + " is not one subprotocol"
 		}
 		offered := false
-		for o := range headerElements(wsValues(reqHeader, "Sec-WebSocket-Protocol")) {
+		for o := range ListElements(wsValues(reqHeader, "Sec-WebSocket-Protocol")) {
 			if o == p {
 				offered = true
 				break
 			}
 		}
 		if !offered {
-			return "Sec-WebSocket-Protocol " + quoteForLog(p) + " was not offered"
+			return "Sec-WebSocket-Protocol " + QuoteForLog(p) + " was not offered"
 		}
 	}
 
 	if exts := wsValues(resHeader, "Sec-WebSocket-Extensions"); len(exts) > 0 {
 		offered := map[string]bool{}
-		for _, elem := range headerListElements(wsValues(reqHeader, "Sec-WebSocket-Extensions")) {
+		for _, elem := range quotedListElements(wsValues(reqHeader, "Sec-WebSocket-Extensions")) {
 			if name := extensionName(elem); name != "" {
 				offered[name] = true
 			}
 		}
-		for _, elem := range headerListElements(exts) {
+		for _, elem := range quotedListElements(exts) {
 			if !offered[extensionName(elem)] { // "" is never offered
-				return "Sec-WebSocket-Extensions " + quoteForLog(elem) + " was not offered"
+				return "Sec-WebSocket-Extensions " + QuoteForLog(elem) + " was not offered"
 			}
 		}
 	}

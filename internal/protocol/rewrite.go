@@ -1,15 +1,15 @@
-package upgrade
+package protocol
 
 import (
 	"net/http"
 	"strings"
 )
 
-// removeStrayUpgrade drops upgrade headers that are not an offer (SPEC §2:
+// RemoveStrayUpgrade drops upgrade headers that are not an offer (SPEC §2:
 // Upgrade without "Connection: upgrade", or on HTTP/1.0), so that nothing
 // downstream mistakes them for one. HTTP/2 and HTTP/3 forbid both fields
 // (RFC 9113 §8.2.2), so there they go entirely.
-func removeStrayUpgrade(r *http.Request) {
+func RemoveStrayUpgrade(r *http.Request) {
 	_, hasUpgrade := r.Header["Upgrade"]
 	_, hasConnection := r.Header["Connection"]
 	if !hasUpgrade && !hasConnection {
@@ -20,15 +20,16 @@ func removeStrayUpgrade(r *http.Request) {
 		delete(r.Header, "Connection")
 		return
 	}
-	if connectionHasToken(r.Header, "upgrade") {
-		removeConnectionToken(r.Header, "upgrade")
+	if ConnectionHasToken(r.Header, "upgrade") {
+		RemoveConnectionToken(r.Header, "upgrade")
 	}
 }
 
-// removeConnectionToken rewrites the Connection field without opt.
-func removeConnectionToken(h http.Header, opt string) {
+// RemoveConnectionToken rewrites the Connection field without the option
+// opt (compared case-insensitively), and deletes a field left empty.
+func RemoveConnectionToken(h http.Header, opt string) {
 	var kept []string
-	for elem := range headerElements(h["Connection"]) {
+	for elem := range ListElements(h["Connection"]) {
 		if !strings.EqualFold(elem, opt) {
 			kept = append(kept, elem)
 		}
@@ -40,21 +41,22 @@ func removeConnectionToken(h http.Header, opt string) {
 	h["Connection"] = []string{strings.Join(kept, ", ")}
 }
 
-// stripOffer turns an offer of nothing allowed into a plain request
+// StripOffer turns an offer of nothing allowed into a plain request
 // (SPEC §3, on_disallowed: ignore): Upgrade, HTTP2-Settings and every field
 // the client named in Connection go, with Connection itself.
-func stripOffer(h http.Header) {
+func StripOffer(h http.Header) {
 	removeConnectionOptions(h)
 	delete(h, "Upgrade")
 	delete(h, "Http2-Settings")
 }
 
-// rewriteAccepted reduces an accepted offer to the selected protocol
-// (SPEC §5). Caddy's reverse proxy forwards only the first Upgrade line
+// RewriteAccepted reduces an accepted offer to the selected protocol
+// (SPEC §5), and the WebSocket subprotocols to those allowed, when
+// subprotocols is not nil. Caddy's reverse proxy forwards only the first Upgrade line
 // and rejects a 101 naming anything else, so exactly one protocol goes on.
-func rewriteAccepted(r *http.Request, o offer, v verdict, subprotocols []string) {
-	if o.extendedConnect {
-		name := strings.ToLower(v.entry.name)
+func RewriteAccepted(r *http.Request, o Offer, v Verdict, subprotocols []string) {
+	if o.ExtendedConnect {
+		name := strings.ToLower(v.Entry.Name)
 		if r.ProtoMajor == 2 {
 			r.Header[":protocol"] = []string{name}
 		} else {
@@ -63,20 +65,20 @@ func rewriteAccepted(r *http.Request, o offer, v verdict, subprotocols []string)
 	} else {
 		removeConnectionOptions(r.Header)
 		r.Header["Connection"] = []string{"Upgrade"}
-		r.Header["Upgrade"] = []string{v.selected.String()}
+		r.Header["Upgrade"] = []string{v.Selected.String()}
 	}
-	if subprotocols != nil && v.entry.isWebSocket() {
+	if subprotocols != nil && v.Entry.IsWebSocket() {
 		filterSubprotocolHeader(r.Header, subprotocols)
 	}
 }
 
-// forwardedProtocol is the protocol the backend is asked for, which its
+// ForwardedProtocol is the protocol the backend is asked for, which its
 // 101 must name: the selected one as written on HTTP/1.1; on extended
 // CONNECT the configured name, which Caddy's reverse proxy turns into an
 // HTTP/1.1 upgrade.
-func forwardedProtocol(o offer, v verdict) string {
-	if o.extendedConnect {
-		return strings.ToLower(v.entry.name)
+func ForwardedProtocol(o Offer, v Verdict) string {
+	if o.ExtendedConnect {
+		return strings.ToLower(v.Entry.Name)
 	}
-	return v.selected.String()
+	return v.Selected.String()
 }

@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 import (
 	"iter"
@@ -6,16 +6,16 @@ import (
 	"strings"
 )
 
-// headerElements yields the elements of a comma-separated list field
+// ListElements yields the elements of a comma-separated list field
 // (RFC 9110 §5.6.1) given as its field lines: lines join in order, spaces
 // and tabs around each element are removed, and empty elements are
 // skipped. It does not validate the elements and knows nothing of quoted
 // strings (like Go's httpguts and Caddy's reverse proxy, which read
 // Connection and Upgrade the same way); use it for lists of tokens, and
-// headerListElements for lists whose elements may carry quoted parameters.
+// quotedListElements for lists whose elements may carry quoted parameters.
 // It allocates nothing, so that the check of every request's Connection
 // field costs no garbage.
-func headerElements(lines []string) iter.Seq[string] {
+func ListElements(lines []string) iter.Seq[string] {
 	return func(yield func(string) bool) {
 		for _, line := range lines {
 			for elem := range strings.SplitSeq(line, ",") {
@@ -27,13 +27,13 @@ func headerElements(lines []string) iter.Seq[string] {
 	}
 }
 
-// headerListElements splits lists whose elements may hold quoted strings
+// quotedListElements splits lists whose elements may hold quoted strings
 // (RFC 9110 §5.6.4), such as Sec-WebSocket-Extensions parameters: a comma
 // inside double quotes does not split, and a backslash inside quotes
 // escapes the next byte. An unterminated quote runs to the end of its line
 // (each line is parsed on its own). Lines join, and elements are trimmed
-// and skipped when empty, as with headerElements.
-func headerListElements(values []string) []string {
+// and skipped when empty, as with ListElements.
+func quotedListElements(values []string) []string {
 	var out []string
 	add := func(elem string) {
 		if elem = trimOWS(elem); elem != "" {
@@ -60,8 +60,8 @@ func headerListElements(values []string) []string {
 
 func trimOWS(s string) string { return strings.Trim(s, " \t") }
 
-// isToken reports whether s is an RFC 9110 token (1*tchar).
-func isToken(s string) bool {
+// IsToken reports whether s is an RFC 9110 token (1*tchar).
+func IsToken(s string) bool {
 	if s == "" {
 		return false
 	}
@@ -85,9 +85,9 @@ func isTchar(c byte) bool {
 // so a hostile header cannot flood them (docs/behaviour.md §7).
 const logValueCap = 256
 
-// quoteForLog quotes a client-supplied value for messages and logs, cut at
+// QuoteForLog quotes a client-supplied value for messages and logs, cut at
 // logValueCap bytes.
-func quoteForLog(s string) string {
+func QuoteForLog(s string) string {
 	if len(s) > logValueCap {
 		s = s[:logValueCap] + "…"
 	}

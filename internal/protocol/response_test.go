@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 // FuzzCheck101 checks check101, the check of a backend's 101, against an
 // oracle written from docs/behaviour.md §5 and RFC 6455 §4.2.2, not from
@@ -12,7 +12,7 @@ import (
 )
 
 // fzAcceptFor is RFC 6455 §4.2.2's Sec-WebSocket-Accept for key, computed
-// here apart from acceptKey, which the target uses.
+// here apart from AcceptKey, which the target uses.
 func fzAcceptFor(key string) string {
 	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	return base64.StdEncoding.EncodeToString(sum[:])
@@ -34,7 +34,7 @@ func FuzzCheck101(f *testing.F) {
 	f.Add("websocket", true, wsSampleKey, "Upgrade", "websocket", wsSampleAccept, "", "", "", "", false, true)
 	f.Add("websocket", true, wsSampleKey, "Upgrade", "h2c", wsSampleAccept, "", "", "", "", false, true)
 	f.Add("websocket", true, wsSampleKey, "", "websocket", wsSampleAccept, "", "", "", "", false, true)
-	f.Add("websocket", true, wsSampleKey, "Upgrade", "websocket", acceptKey("not the key"), "", "", "", "", false, true)
+	f.Add("websocket", true, wsSampleKey, "Upgrade", "websocket", AcceptKey("not the key"), "", "", "", "", false, true)
 	f.Add("websocket", true, wsSampleKey, "Upgrade", "websocket", "", "", "", "", "", false, true)
 	f.Add("websocket", true, wsSampleKey, "Upgrade", "websocket", wsSampleAccept, "chat", "admin", "", "", false, true)
 	f.Add("websocket", true, wsSampleKey, "Upgrade", "websocket", wsSampleAccept, "", "", "permessage-deflate", "x-evil-compress", false, true)
@@ -51,7 +51,7 @@ func FuzzCheck101(f *testing.F) {
 		req, res := fzHandshake(keys, reqProto, reqExt, accepts, resProto, resExt, correctAccept)
 		fzSetLines(res, "Connection", resConn)
 		fzSetLines(res, "Upgrade", resUpgrade)
-		reason := check101(selected, websocket, req, res, checkAccept)
+		reason := Check101(selected, websocket, req, res, checkAccept)
 
 		if reason != "" {
 			// A textbook answer must pass: Connection: Upgrade, Upgrade

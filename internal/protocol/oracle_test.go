@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 // The pieces of the fuzz targets' oracles that several targets share,
 // written from docs/behaviour.md and the RFCs, not from the code, so that
@@ -35,7 +35,7 @@ func fzHandshake(keys, reqProto, reqExt, accepts, resProto, resExt string, corre
 	fzSetLines(req, "Sec-Websocket-Protocol", reqProto)
 	fzSetLines(req, "Sec-Websocket-Extensions", reqExt)
 	if correctAccept && len(req["Sec-Websocket-Key"]) == 1 {
-		accepts = acceptKey(strings.Trim(req["Sec-Websocket-Key"][0], " \t"))
+		accepts = AcceptKey(strings.Trim(req["Sec-Websocket-Key"][0], " \t"))
 	}
 	fzSetLines(res, "Sec-Websocket-Accept", accepts)
 	fzSetLines(res, "Sec-Websocket-Protocol", resProto)

@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 import (
 	"net/http"
@@ -8,24 +8,24 @@ import (
 
 // testPolicy builds a policy from configured protocol strings, as Provision
 // does.
-func testPolicy(t *testing.T, require, reject bool, allowed ...string) *policy {
+func testPolicy(t *testing.T, require, reject bool, allowed ...string) *Policy {
 	t.Helper()
-	var ps []protocol
+	var ps []Protocol
 	for _, s := range allowed {
-		pr, ok := parseProtocol(s)
+		pr, ok := ParseProtocol(s)
 		if !ok {
 			t.Fatalf("bad protocol %q in test", s)
 		}
 		ps = append(ps, pr)
 	}
-	p := newPolicy(ps, require, reject)
+	p := NewPolicy(ps, require, reject)
 	return &p
 }
 
-func h1Offer(ss ...string) offer { return offer{protocols: protos(ss...)} }
+func h1Offer(ss ...string) Offer { return Offer{Protocols: protos(ss...)} }
 
-func xcOffer(name string) offer {
-	return offer{protocols: []protocol{{name: name}}, extendedConnect: true}
+func xcOffer(name string) Offer {
+	return Offer{Protocols: []Protocol{{Name: name}}, ExtendedConnect: true}
 }
 
 // TestPolicyTable is the SPEC §3 table, row by row, for every combination
@@ -34,11 +34,11 @@ func TestPolicyTable(t *testing.T) {
 	allowed := []string{"websocket", "foo/2"}
 	type row struct {
 		name        string
-		offer       offer
+		offer       Offer
 		require     bool
 		reject      bool
 		major       int
-		wantOutcome outcome
+		wantOutcome Outcome
 		wantStatus  int
 	}
 	var rows []row
@@ -47,53 +47,53 @@ func TestPolicyTable(t *testing.T) {
 		if major >= 2 {
 			required = http.StatusBadRequest // a 426 cannot be sent on HTTP/2-3
 		}
-		none := offer{}
+		none := Offer{}
 		selectable := h1Offer("websocket")
 		disallowed := h1Offer("bar")
 		if major >= 2 {
 			selectable = xcOffer("websocket")
 			disallowed = xcOffer("bar")
 		}
-		disallowedOutcome, disallowedStatus := outcomeIgnored, 0
-		disallowedRequired, disallowedRequiredStatus := outcomeRequired, required
+		disallowedOutcome, disallowedStatus := OutcomeIgnored, 0
+		disallowedRequired, disallowedRequiredStatus := OutcomeRequired, required
 		if major >= 2 {
 			// extended CONNECT whose :protocol is not allowed: 501, even
 			// under require (selection comes before require, SPEC §3 order).
-			disallowedOutcome, disallowedStatus = outcomeUnsupported, http.StatusNotImplemented
-			disallowedRequired, disallowedRequiredStatus = outcomeUnsupported, http.StatusNotImplemented
+			disallowedOutcome, disallowedStatus = OutcomeUnsupported, http.StatusNotImplemented
+			disallowedRequired, disallowedRequiredStatus = OutcomeUnsupported, http.StatusNotImplemented
 		}
 		rows = append(rows,
 			// no offer
-			row{"no offer, require off, ignore", none, false, false, major, outcomeNone, 0},
-			row{"no offer, require off, reject", none, false, true, major, outcomeNone, 0},
-			row{"no offer, require on, ignore", none, true, false, major, outcomeRequired, required},
-			row{"no offer, require on, reject", none, true, true, major, outcomeRequired, required},
+			row{"no offer, require off, ignore", none, false, false, major, OutcomeNone, 0},
+			row{"no offer, require off, reject", none, false, true, major, OutcomeNone, 0},
+			row{"no offer, require on, ignore", none, true, false, major, OutcomeRequired, required},
+			row{"no offer, require on, reject", none, true, true, major, OutcomeRequired, required},
 			// offer, a protocol selected
-			row{"selected, require off, ignore", selectable, false, false, major, outcomeAccepted, 0},
-			row{"selected, require off, reject", selectable, false, true, major, outcomeAccepted, 0},
-			row{"selected, require on, ignore", selectable, true, false, major, outcomeAccepted, 0},
-			row{"selected, require on, reject", selectable, true, true, major, outcomeAccepted, 0},
+			row{"selected, require off, ignore", selectable, false, false, major, OutcomeAccepted, 0},
+			row{"selected, require off, reject", selectable, false, true, major, OutcomeAccepted, 0},
+			row{"selected, require on, ignore", selectable, true, false, major, OutcomeAccepted, 0},
+			row{"selected, require on, reject", selectable, true, true, major, OutcomeAccepted, 0},
 			// offer, nothing allowed, on_disallowed ignore
 			row{"nothing allowed, require off, ignore", disallowed, false, false, major, disallowedOutcome, disallowedStatus},
 			row{"nothing allowed, require on, ignore", disallowed, true, false, major, disallowedRequired, disallowedRequiredStatus},
 			// offer, nothing allowed, on_disallowed reject: 403 either way
-			row{"nothing allowed, require off, reject", disallowed, false, true, major, outcomeRejected, http.StatusForbidden},
-			row{"nothing allowed, require on, reject", disallowed, true, true, major, outcomeRejected, http.StatusForbidden},
+			row{"nothing allowed, require off, reject", disallowed, false, true, major, OutcomeRejected, http.StatusForbidden},
+			row{"nothing allowed, require on, reject", disallowed, true, true, major, OutcomeRejected, http.StatusForbidden},
 		)
 	}
 	for _, tc := range rows {
 		t.Run(tc.name+", HTTP/"+string(rune('0'+tc.major)), func(t *testing.T) {
 			p := testPolicy(t, tc.require, tc.reject, allowed...)
-			v := p.decide(tc.offer, tc.major)
-			if v.outcome != tc.wantOutcome || v.status != tc.wantStatus {
-				t.Fatalf("decide(%+v, %d) = %s %d; want %s %d", tc.offer, tc.major, v.outcome, v.status, tc.wantOutcome, tc.wantStatus)
+			v := p.Decide(tc.offer, tc.major)
+			if v.Outcome != tc.wantOutcome || v.Status != tc.wantStatus {
+				t.Fatalf("Decide(%+v, %d) = %s %d; want %s %d", tc.offer, tc.major, v.Outcome, v.Status, tc.wantOutcome, tc.wantStatus)
 			}
-			if v.outcome == outcomeAccepted {
-				if v.selected.name == "" || v.entry.name == "" {
+			if v.Outcome == OutcomeAccepted {
+				if v.Selected.Name == "" || v.Entry.Name == "" {
 					t.Errorf("accepted verdict without selected/entry: %+v", v)
 				}
-			} else if v.selected != (protocol{}) || v.entry != (protocol{}) {
-				t.Errorf("verdict %s carries a selection: %+v", v.outcome, v)
+			} else if v.Selected != (Protocol{}) || v.Entry != (Protocol{}) {
+				t.Errorf("verdict %s carries a selection: %+v", v.Outcome, v)
 			}
 		})
 	}
@@ -103,8 +103,8 @@ func TestPolicyTable(t *testing.T) {
 // on the request's HTTP version only (SPEC §3: never 426 on HTTP/2-3).
 func TestPolicyRequiredStatus(t *testing.T) {
 	for major, want := range map[int]int{1: 426, 2: 400, 3: 400} {
-		if got := requiredStatus(major); got != want {
-			t.Errorf("requiredStatus(%d) = %d; want %d", major, got, want)
+		if got := RequiredStatus(major); got != want {
+			t.Errorf("RequiredStatus(%d) = %d; want %d", major, got, want)
 		}
 	}
 }
@@ -113,7 +113,7 @@ func TestPolicySelection(t *testing.T) {
 	tests := []struct {
 		name      string
 		allowed   []string
-		offer     offer
+		offer     Offer
 		wantSel   string // "" means nothing selected
 		wantEntry string
 	}{
@@ -176,25 +176,25 @@ func TestPolicySelection(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, major := range []int{1, 2} {
 				o := tc.offer
-				if o.extendedConnect && major == 1 {
+				if o.ExtendedConnect && major == 1 {
 					continue
 				}
-				if !o.extendedConnect && major == 2 {
+				if !o.ExtendedConnect && major == 2 {
 					continue
 				}
 				p := testPolicy(t, false, false, tc.allowed...)
-				v := p.decide(o, major)
+				v := p.Decide(o, major)
 				if tc.wantSel == "" {
-					if v.outcome == outcomeAccepted {
-						t.Fatalf("decide: accepted %q (entry %q); want nothing selected", v.selected, v.entry)
+					if v.Outcome == OutcomeAccepted {
+						t.Fatalf("Decide: accepted %q (entry %q); want nothing selected", v.Selected, v.Entry)
 					}
 					continue
 				}
-				if v.outcome != outcomeAccepted {
-					t.Fatalf("decide: %s %d; want accepted %q", v.outcome, v.status, tc.wantSel)
+				if v.Outcome != OutcomeAccepted {
+					t.Fatalf("Decide: %s %d; want accepted %q", v.Outcome, v.Status, tc.wantSel)
 				}
-				if v.selected.String() != tc.wantSel || v.entry.String() != tc.wantEntry {
-					t.Fatalf("decide: selected %q entry %q; want %q entry %q", v.selected, v.entry, tc.wantSel, tc.wantEntry)
+				if v.Selected.String() != tc.wantSel || v.Entry.String() != tc.wantEntry {
+					t.Fatalf("Decide: selected %q entry %q; want %q entry %q", v.Selected, v.Entry, tc.wantSel, tc.wantEntry)
 				}
 			}
 		})
@@ -213,30 +213,30 @@ func TestPolicyRequiredList(t *testing.T) {
 	}
 	for _, tc := range tests {
 		p := testPolicy(t, true, false, tc.allowed...)
-		if got := p.requiredList(); got != tc.want {
-			t.Errorf("requiredList(%q) = %q; want %q", tc.allowed, got, tc.want)
+		if got := p.RequiredList(); got != tc.want {
+			t.Errorf("RequiredList(%q) = %q; want %q", tc.allowed, got, tc.want)
 		}
 	}
 }
 
 // fzProtocols parses a comma list into protocols, keeping only the
 // well-formed ones (as Validate would have refused the rest).
-func fzProtocols(s string) []protocol {
-	var out []protocol
+func fzProtocols(s string) []Protocol {
+	var out []Protocol
 	for _, e := range fzElements([]string{s}) {
 		if !fzProtocolOK(e) {
 			continue
 		}
 		name, version, _ := strings.Cut(e, "/")
-		out = append(out, protocol{name: name, version: version})
+		out = append(out, Protocol{Name: name, Version: version})
 	}
 	return out
 }
 
 // fzMatches is SPEC §1: names case-insensitive, versions exact; an entry
 // without a version admits any version or none.
-func fzMatches(entry, offered protocol) bool {
-	return strings.EqualFold(entry.name, offered.name) && (entry.version == "" || entry.version == offered.version)
+func fzMatches(entry, offered Protocol) bool {
+	return strings.EqualFold(entry.Name, offered.Name) && (entry.Version == "" || entry.Version == offered.Version)
 }
 
 func FuzzPolicyDecide(f *testing.F) {
@@ -251,12 +251,12 @@ func FuzzPolicyDecide(f *testing.F) {
 	f.Add("foo/2", "foo/02", false, false, false, uint8(1))
 	f.Add("FOO, websocket", "h2c, websocket, foo", false, false, false, uint8(1))
 	f.Fuzz(func(t *testing.T, allowedList, offered string, require, reject, xconnect bool, major uint8) {
-		p := newPolicy(fzProtocols(allowedList), require, reject)
-		o := offer{protocols: fzProtocols(offered), extendedConnect: xconnect}
+		p := NewPolicy(fzProtocols(allowedList), require, reject)
+		o := Offer{Protocols: fzProtocols(offered), ExtendedConnect: xconnect}
 		if xconnect {
 			// An extended CONNECT offers one bare token.
-			if len(o.protocols) > 0 {
-				o.protocols = []protocol{{name: o.protocols[0].name}}
+			if len(o.Protocols) > 0 {
+				o.Protocols = []Protocol{{Name: o.Protocols[0].Name}}
 			}
 		}
 		httpMajor := int(major%3) + 1
@@ -266,11 +266,11 @@ func FuzzPolicyDecide(f *testing.F) {
 
 		// The oracle: the first offered protocol, in client order, that any
 		// allowed entry matches.
-		var sel *protocol
-		for i := range o.protocols {
+		var sel *Protocol
+		for i := range o.Protocols {
 			for _, a := range p.allowed {
-				if fzMatches(a, o.protocols[i]) {
-					sel = &o.protocols[i]
+				if fzMatches(a, o.Protocols[i]) {
+					sel = &o.Protocols[i]
 					break
 				}
 			}
@@ -279,60 +279,60 @@ func FuzzPolicyDecide(f *testing.F) {
 			}
 		}
 
-		v := p.decide(o, httpMajor)
+		v := p.Decide(o, httpMajor)
 		required := http.StatusUpgradeRequired
 		if httpMajor >= 2 {
 			required = http.StatusBadRequest
 		}
-		if v.outcome == outcomeAccepted {
+		if v.Outcome == OutcomeAccepted {
 			if sel == nil {
-				t.Fatalf("allowed %q, offered %q: accepted %q, which no allowed entry matches", p.allowed, o.protocols, v.selected)
+				t.Fatalf("allowed %q, offered %q: accepted %q, which no allowed entry matches", p.allowed, o.Protocols, v.Selected)
 			}
-			if v.selected != *sel {
-				t.Fatalf("allowed %q, offered %q: selected %q, want the first match %q", p.allowed, o.protocols, v.selected, *sel)
+			if v.Selected != *sel {
+				t.Fatalf("allowed %q, offered %q: selected %q, want the first match %q", p.allowed, o.Protocols, v.Selected, *sel)
 			}
-			if !fzMatches(v.entry, v.selected) {
-				t.Fatalf("entry %q does not match selected %q", v.entry, v.selected)
+			if !fzMatches(v.Entry, v.Selected) {
+				t.Fatalf("entry %q does not match selected %q", v.Entry, v.Selected)
 			}
 			found := false
 			for _, a := range p.allowed {
-				found = found || a == v.entry
+				found = found || a == v.Entry
 			}
 			if !found {
-				t.Fatalf("entry %q is not an allowed entry of %q", v.entry, p.allowed)
+				t.Fatalf("entry %q is not an allowed entry of %q", v.Entry, p.allowed)
 			}
-			if xconnect && v.entry.version != "" {
-				t.Fatalf("extended CONNECT matched the versioned entry %q", v.entry)
+			if xconnect && v.Entry.Version != "" {
+				t.Fatalf("extended CONNECT matched the versioned entry %q", v.Entry)
 			}
-			if v.status != 0 {
-				t.Fatalf("accepted with status %d", v.status)
+			if v.Status != 0 {
+				t.Fatalf("accepted with status %d", v.Status)
 			}
 			return
 		}
 		if sel != nil {
-			t.Fatalf("allowed %q, offered %q: outcome %s, but %q is allowed", p.allowed, o.protocols, v.outcome, *sel)
+			t.Fatalf("allowed %q, offered %q: outcome %s, but %q is allowed", p.allowed, o.Protocols, v.Outcome, *sel)
 		}
 		// SPEC §3 table, nothing selected.
-		var wantOutcome outcome
+		var wantOutcome Outcome
 		wantStatus := 0
 		switch {
-		case len(o.protocols) > 0 && reject:
-			wantOutcome, wantStatus = outcomeRejected, http.StatusForbidden
-		case len(o.protocols) > 0 && xconnect:
-			wantOutcome, wantStatus = outcomeUnsupported, http.StatusNotImplemented
+		case len(o.Protocols) > 0 && reject:
+			wantOutcome, wantStatus = OutcomeRejected, http.StatusForbidden
+		case len(o.Protocols) > 0 && xconnect:
+			wantOutcome, wantStatus = OutcomeUnsupported, http.StatusNotImplemented
 		case require:
-			wantOutcome, wantStatus = outcomeRequired, required
-		case len(o.protocols) > 0:
-			wantOutcome = outcomeIgnored
+			wantOutcome, wantStatus = OutcomeRequired, required
+		case len(o.Protocols) > 0:
+			wantOutcome = OutcomeIgnored
 		default:
-			wantOutcome = outcomeNone
+			wantOutcome = OutcomeNone
 		}
-		if v.outcome != wantOutcome || v.status != wantStatus {
+		if v.Outcome != wantOutcome || v.Status != wantStatus {
 			t.Fatalf("allowed %q, offered %q (require %v, reject %v, extended CONNECT %v, HTTP/%d): %s %d, want %s %d",
-				p.allowed, o.protocols, require, reject, xconnect, httpMajor, v.outcome, v.status, wantOutcome, wantStatus)
+				p.allowed, o.Protocols, require, reject, xconnect, httpMajor, v.Outcome, v.Status, wantOutcome, wantStatus)
 		}
-		if v.selected != (protocol{}) || v.entry != (protocol{}) {
-			t.Fatalf("not accepted, but selected %q entry %q", v.selected, v.entry)
+		if v.Selected != (Protocol{}) || v.Entry != (Protocol{}) {
+			t.Fatalf("not accepted, but selected %q entry %q", v.Selected, v.Entry)
 		}
 	})
 }
