@@ -9,6 +9,10 @@ import (
 	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
+// A route's WebSocket checks as configured (websocket.origins,
+// require_origin, subprotocols): validated and provisioned here, with the
+// rules themselves in package protocol.
+
 // websocketPolicy is the provisioned form of WebSocketConfig.
 type websocketPolicy struct {
 	origins       protocol.OriginList
@@ -52,45 +56,6 @@ func (p *websocketPolicy) validate(c *WebSocketConfig) error {
 		}
 	}
 	return nil
-}
-
-// checkAccepted runs the checks that follow selection, in SPEC §3 order:
-// body, WebSocket method/key/duplicates, WebSocket version, Origin.
-func (h *Handler) checkAccepted(r *http.Request, o protocol.Offer, v protocol.Verdict, repl *caddy.Replacer) (refusal, bool) {
-	if o.ExtendedConnect && h.proxy != nil && !v.Entry.IsWebSocket() {
-		// Caddy's reverse proxy turns only a websocket extended CONNECT
-		// into an HTTP/1.1 upgrade; anything else would reach the backend
-		// as a plain CONNECT.
-		return refusal{outcome: protocol.OutcomeUnsupported, status: http.StatusNotImplemented,
-			reason: "extended CONNECT :protocol " + protocol.QuoteForLog(v.Entry.Name) + " cannot be delegated (only websocket)"}, true
-	}
-	if !o.ExtendedConnect && (r.ContentLength > 0 || len(r.TransferEncoding) > 0) {
-		return refusal{outcome: protocol.OutcomeInvalid, status: http.StatusBadRequest,
-			reason: "an upgrade request must not carry a body"}, true
-	}
-	if !v.Entry.IsWebSocket() {
-		return refusal{}, false
-	}
-	if status, reason := protocol.CheckWebSocketRequest(r.Method, r.Header, o.ExtendedConnect); status != 0 {
-		ref := refusal{outcome: protocol.OutcomeInvalid, status: status, reason: reason}
-		if status == http.StatusUpgradeRequired {
-			ref = refusal{outcome: protocol.OutcomeRequired, status: protocol.RequiredStatus(r.ProtoMajor), reason: reason,
-				required: h.policy.RequiredList(), wsVersion: true}
-			if r.ProtoMajor >= 2 {
-				ref.reason += " (required: " + ref.required + ")"
-			}
-		}
-		return ref, true
-	}
-	if h.websocket.checkOrigins {
-		if ok, reason := h.websocket.origins.Check(r.Header["Origin"], replacer(repl), h.websocket.requireOrigin); !ok {
-			return refusal{outcome: protocol.OutcomeRejected, status: http.StatusForbidden, reason: reason}, true
-		}
-	}
-	if ref, refused := h.websocket.checkSubprotocols(r.Header); refused {
-		return ref, true
-	}
-	return refusal{}, false
 }
 
 // checkSubprotocols refuses a client whose offered subprotocols are all
