@@ -48,7 +48,7 @@ func benchHandler(b *testing.B, h *Handler) *Handler {
 // *caddy.Replacer in its context, holding Caddy's HTTP providers.
 //
 // Caddy makes a replacer for each request, and the handler's work on it is
-// per request (SPEC §7's placeholders: a provider appended, see
+// per request (docs/behaviour.md §7's placeholders: a provider appended, see
 // placeholders.go). A benchmark reusing one request therefore starts each
 // call from the replacer as Caddy hands it over: `*repl = fresh`, with
 // fresh a copy taken before the loop (a 48-byte copy, timed with the
@@ -153,11 +153,11 @@ func BenchmarkServeHTTPNoOfferFloor(b *testing.B) {
 }
 
 // BenchmarkReplacerSetFloor is what publishing the no-offer placeholders
-// (SPEC §7) with three repl.Set calls costs, on one reused replacer whose
-// map already holds the keys (on a request's fresh replacer the first Set
-// also allocates the map's storage). Caddy's Replacer takes a mutex and
-// writes a map each time; the handler no longer does this for requests
-// without an offer (see placeholders.go).
+// (docs/behaviour.md §7) with three repl.Set calls costs, on one reused
+// replacer whose map already holds the keys (on a request's fresh replacer
+// the first Set also allocates the map's storage). Caddy's Replacer takes a
+// mutex and writes a map each time; the handler no longer does this for
+// requests without an offer (see placeholders.go).
 func BenchmarkReplacerSetFloor(b *testing.B) {
 	_, repl := benchRequest(http.MethodGet, "http://example.com/", http.Header{})
 	b.ReportAllocs()

@@ -184,7 +184,7 @@ func (g *responseGuard) FlushError() error {
 // The 101 is written here, on the hijacked connection, rather than by
 // net/http: only after hijacking can the handler see whether the client
 // sent bytes before the 101, which RFC 6455 §4.1 forbids and which would
-// otherwise be forwarded to the backend as tunnel data (SPEC §4).
+// otherwise be forwarded to the backend as tunnel data (docs/behaviour.md §4).
 func (g *responseGuard) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if !g.pending101 {
 		return nil, nil, errBackendInvalid

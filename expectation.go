@@ -12,9 +12,10 @@ import (
 // shared by the two sides that check it: the transport wrapper on the
 // backend side and the response guard on the client side.
 
-// expectation is what an accepted upgrade's answer must look like (SPEC §5).
-// It travels in the request context from ServeHTTP to the transport wrapper
-// and the response guard, and carries back the reason an answer failed.
+// expectation is what an accepted upgrade's answer must look like
+// (docs/behaviour.md §5). It travels in the request context from ServeHTTP to
+// the transport wrapper and the response guard, and carries back the reason
+// an answer failed.
 type expectation struct {
 	selected        string // the one protocol the backend was asked for
 	websocket       bool

@@ -1,8 +1,8 @@
 package upgrade
 
-// Tests of the `upgrade` request matcher (SPEC §8): unit tests over built
-// requests, Validate, Caddyfile unmarshalling, and routing inside Caddy,
-// as a named matcher and as a CEL expression.
+// Tests of the `upgrade` request matcher (docs/behaviour.md §8): unit tests
+// over built requests, Validate, Caddyfile unmarshalling, and routing inside
+// Caddy, as a named matcher and as a CEL expression.
 
 import (
 	"encoding/json"

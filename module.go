@@ -219,7 +219,8 @@ func overlapping(list []string, s string) int {
 	return -1
 }
 
-// validateProtocol refuses what SPEC §6 refuses in the protocols list.
+// validateProtocol refuses what docs/behaviour.md §6 refuses in the protocols
+// list.
 func validateProtocol(s string) error {
 	p, ok := protocol.ParseProtocol(s)
 	if !ok {

@@ -247,7 +247,8 @@ func TestValidateProxy(t *testing.T) {
 			if !ok {
 				t.Fatalf("proxy = %T; want *reverseproxy.Handler", h.proxy)
 			}
-			// The backend's answer is checked on the raw response (SPEC §5).
+			// The backend's answer is checked on the raw response
+			// (docs/behaviour.md §5).
 			if _, ok := rp.Transport.(*guardedTransport); !ok {
 				t.Errorf("proxy transport = %T; want it wrapped", rp.Transport)
 			}
@@ -276,7 +277,7 @@ func TestValidateProxyInHTTPApp(t *testing.T) {
 	}
 }
 
-// specExample is the JSON config of SPEC §6.
+// specExample is the JSON config of docs/behaviour.md §6.
 const specExample = `{
   "handler": "upgrade",
   "protocols": ["websocket", "foo/2"],
@@ -292,7 +293,7 @@ const specExample = `{
 func TestJSONRoundTrip(t *testing.T) {
 	var h Handler
 	if err := json.Unmarshal([]byte(specExample), &h); err != nil {
-		t.Fatalf("unmarshal SPEC example: %v", err)
+		t.Fatalf("unmarshal the docs/behaviour.md §6 example: %v", err)
 	}
 	want := Handler{
 		Protocols:    []string{"websocket", "foo/2"},
@@ -311,8 +312,8 @@ func TestJSONRoundTrip(t *testing.T) {
 	h.ProxyRaw = gotProxy
 
 	// Marshalled as Caddy does for a handler (with its "handler" key), the
-	// config is the SPEC example without its zero values; durations come
-	// back as nanoseconds, which Caddy reads as well.
+	// config is the docs/behaviour.md §6 example without its zero values;
+	// durations come back as nanoseconds, which Caddy reads as well.
 	out := caddyconfig.JSONModuleObject(h, "handler", "upgrade", nil)
 	wantOut := `{
 	  "handler": "upgrade",
@@ -339,8 +340,9 @@ func TestJSONRoundTrip(t *testing.T) {
 		t.Errorf("after round trip %+v; want %+v", h2, h)
 	}
 
-	// The SPEC example is a valid config. (Caddy strips the "handler" key
-	// before decoding a handler's config; LoadModuleByID does not.)
+	// The docs/behaviour.md §6 example is a valid config. (Caddy strips the
+	// "handler" key before decoding a handler's config; LoadModuleByID does
+	// not.)
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(specExample), &m); err != nil {
 		t.Fatal(err)
@@ -351,7 +353,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := loadHandler(t, string(raw)); err != nil {
-		t.Errorf("loading the SPEC §6 example: %v", err)
+		t.Errorf("loading the docs/behaviour.md §6 example: %v", err)
 	}
 }
 

@@ -247,9 +247,9 @@ func TestOpsMaxConnectionsUnderLoad(t *testing.T) {
 	t.Logf("%d tunnels, %d refusals", accepted, refused)
 }
 
-// 1b. A slot is freed when the request ends without a tunnel (SPEC §5):
-// backend refusals, a dead backend, a refused 101 and a client that did
-// not wait for the 101 never use up max_connections 1.
+// 1b. A slot is freed when the request ends without a tunnel
+// (docs/behaviour.md §5): backend refusals, a dead backend, a refused 101 and
+// a client that did not wait for the 101 never use up max_connections 1.
 func TestOpsLimitFreedWithoutTunnel(t *testing.T) {
 	refuser := newRecordingBackend(t, answerRefuse(http.StatusForbidden))
 	bad := newRecordingBackend(t, answerSwitch(false, "Connection: Upgrade", "Upgrade: websocket",
@@ -957,7 +957,7 @@ func TestOpsAccessLogPlaceholders(t *testing.T) {
 			t.Errorf("%s: upgrade_protocol %#v, want %q", uri, e.UpgradeProto, w.protocol)
 		}
 		if e.UpgradeOffered != w.offered {
-			t.Errorf("%s: upgrade_offered %#v, want %q (SPEC §7: the offer as received)", uri, e.UpgradeOffered, w.offered)
+			t.Errorf("%s: upgrade_offered %#v, want %q (docs/behaviour.md §7: the offer as received)", uri, e.UpgradeOffered, w.offered)
 		}
 	}
 	if t.Failed() {

@@ -9,7 +9,7 @@ import (
 	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
-// Placeholders set for every request this handler sees (SPEC §7).
+// Placeholders set for every request this handler sees (docs/behaviour.md §7).
 const (
 	placeholderOffered  = "http.upgrade.offered"
 	placeholderProtocol = "http.upgrade.protocol"
@@ -40,9 +40,9 @@ const (
 //
 // The replacer asks its static values (Set) first, then its providers in
 // the order they were added; the first that knows a key answers. For the
-// latest publication on a request to win, as SPEC §7 wants, a request
-// with an offer gets one *placeholderState, registered once and found
-// again through keyState, which each later publication updates:
+// latest publication on a request to win, as docs/behaviour.md §7 wants, a
+// request with an offer gets one *placeholderState, registered once and
+// found again through keyState, which each later publication updates:
 //   - offer, then no offer (a first upgrade handler stripped the offer, a
 //     later one sees none): the state remembers whether noOfferProvider
 //     was registered at its latest publication; once it is, the state

@@ -13,9 +13,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// ServeHTTP is the request's way through the route's policy (SPEC §2–§5):
-// parse the offer, decide, refuse or check the handshake, then pass the
-// accepted upgrade on with its answer guarded.
+// ServeHTTP is the request's way through the route's policy
+// (docs/behaviour.md §2–§5): parse the offer, decide, refuse or check the
+// handshake, then pass the accepted upgrade on with its answer guarded.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !h.policy.Require() && withoutOffer(r) {
@@ -51,8 +51,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return h.pass(w, r, next, o, v, repl, label)
 }
 
-// checkAccepted runs the checks that follow selection, in SPEC §3 order:
-// body, WebSocket method/key/duplicates, WebSocket version, Origin.
+// checkAccepted runs the checks that follow selection, in
+// docs/behaviour.md §3 order: body, WebSocket method/key/duplicates,
+// WebSocket version, Origin.
 func (h *Handler) checkAccepted(r *http.Request, o protocol.Offer, v protocol.Verdict, repl *caddy.Replacer) (refusal, bool) {
 	if o.ExtendedConnect && h.proxy != nil && !v.Entry.IsWebSocket() {
 		// Caddy's reverse proxy turns only a websocket extended CONNECT
@@ -90,8 +91,8 @@ func (h *Handler) checkAccepted(r *http.Request, o protocol.Offer, v protocol.Ve
 	return refusal{}, false
 }
 
-// withoutOffer is the common case, decided with two or three header
-// lookups: a request without Upgrade offers nothing (SPEC §2) and goes on
+// withoutOffer is the common case, decided with two or three header lookups:
+// a request without Upgrade offers nothing (docs/behaviour.md §2) and goes on
 // as it came, less a stray Connection: upgrade on HTTP/1.x, as the general
 // path would leave it. On HTTP/2-3 only a request without :protocol,
 // Connection (forbidden there) or the CONNECT method is one.

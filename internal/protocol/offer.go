@@ -6,8 +6,9 @@ import (
 	"strings"
 )
 
-// Limits on what a client may offer (SPEC §2). Real clients offer one or two
-// protocols; anything near these limits is an attack or a bug.
+// Limits on what a client may offer (docs/behaviour.md §2). Real clients
+// offer one or two protocols; anything near these limits is an attack or a
+// bug.
 const (
 	maxOfferedProtocols = 16
 	maxUpgradeBytes     = 512
@@ -51,7 +52,7 @@ func ParseProtocol(s string) (Protocol, bool) {
 }
 
 // Offer is what a request asks to switch to, in the client's order of
-// preference (SPEC §1).
+// preference (docs/behaviour.md §1).
 type Offer struct {
 	Protocols []Protocol
 	// ExtendedConnect marks an HTTP/2 or HTTP/3 CONNECT with :protocol
@@ -75,10 +76,10 @@ type offerError struct{ reason string }
 func (e *offerError) Error() string { return "malformed upgrade offer: " + e.reason }
 func (e *offerError) Unwrap() error { return ErrMalformedOffer }
 
-// ParseOffer reads the offer of r as SPEC §2 defines it. It returns an empty
-// offer (Present() == false) when r offers nothing, including a stray
-// Upgrade header without "Connection: upgrade" and any Upgrade on HTTP/1.0.
-// It reads r and never changes it.
+// ParseOffer reads the offer of r as docs/behaviour.md §2 defines it. It
+// returns an empty offer (Present() == false) when r offers nothing,
+// including a stray Upgrade header without "Connection: upgrade" and any
+// Upgrade on HTTP/1.0. It reads r and never changes it.
 func ParseOffer(r *http.Request) (Offer, error) {
 	if r.ProtoMajor >= 2 {
 		return parseExtendedConnect(r)

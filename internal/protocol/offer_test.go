@@ -31,7 +31,7 @@ func TestParseOfferHTTP1(t *testing.T) {
 		want    []Protocol // nil: no offer
 		wantErr bool
 	}{
-		// Recognising an offer (SPEC §2, first bullet).
+		// Recognising an offer (docs/behaviour.md §2, HTTP/1.1).
 		{name: "plain websocket", minor: 1,
 			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}},
 			want: protos("websocket")},
@@ -69,7 +69,7 @@ func TestParseOfferHTTP1(t *testing.T) {
 			hdr:  http.Header{"Connection": {"Upgrade, HTTP2-Settings"}, "Upgrade": {"h2c"}, "Http2-Settings": {"AAMAAABkAARAAAAAAAIAAAAA"}},
 			want: protos("h2c")},
 
-		// Not an offer (SPEC §2, second bullet).
+		// Not an offer (docs/behaviour.md §2, Not an offer).
 		{name: "HTTP/1.0 with Connection upgrade", minor: 0,
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}},
 		{name: "HTTP/1.0 with malformed Upgrade is not an offer either", minor: 0,
@@ -86,7 +86,7 @@ func TestParseOfferHTTP1(t *testing.T) {
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {" , ,\t,"}}},
 		{name: "no headers at all", minor: 1, hdr: http.Header{}},
 
-		// Malformed offers (SPEC §2, fourth bullet): 400.
+		// Malformed offers (docs/behaviour.md §2, Malformed offers): 400.
 		{name: "space inside a protocol", minor: 1,
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"web socket"}}, wantErr: true},
 		{name: "folded line joined with a space", minor: 1,
@@ -141,7 +141,8 @@ func TestParseOfferHTTP1(t *testing.T) {
 		{name: "Upgrade of 513 bytes, empty elements counted", minor: 1,
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket" + strings.Repeat(",", 513-len("websocket"))}}, wantErr: true},
 
-		// Connection options naming protected fields (SPEC §3 order: malformed).
+		// Connection options naming protected fields (docs/behaviour.md §3
+		// order: malformed).
 		{name: "Connection names Host", minor: 1,
 			hdr: http.Header{"Connection": {"Upgrade, Host"}, "Upgrade": {"websocket"}}, wantErr: true},
 		{name: "Connection names host in lower case", minor: 1,
@@ -288,8 +289,8 @@ func TestOfferErrorMessage(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `"a/b/c"`) {
 		t.Fatalf("error %v does not quote the bad element", err)
 	}
-	// A hostile element is cut in the message (SPEC §7: no value over 256
-	// bytes is logged).
+	// A hostile element is cut in the message (docs/behaviour.md §7: no value
+	// over 256 bytes is logged).
 	bad := strings.Repeat("x", 300) + "@"
 	r = protocoltest.Request(http.MethodGet, 1, 1, http.Header{"Connection": {"Upgrade"}, "Upgrade": {bad}})
 	_, err = ParseOffer(r)
@@ -395,8 +396,8 @@ func TestConnectionHasToken(t *testing.T) {
 }
 
 // fzProtected reports whether a Connection option names Host, Origin or a
-// Sec-WebSocket-* field (SPEC §3: malformed). Only a valid field name can
-// name a field.
+// Sec-WebSocket-* field (docs/behaviour.md §3: malformed). Only a valid field
+// name can name a field.
 func fzProtected(opt string) bool {
 	if !fzToken(opt) {
 		return false
@@ -405,8 +406,8 @@ func fzProtected(opt string) bool {
 	return l == "host" || l == "origin" || strings.HasPrefix(l, "sec-websocket-")
 }
 
-// fzOfferOracle is SPEC §2 for an HTTP/1.x request: whether ParseOffer must
-// fail, and the protocols it must return otherwise.
+// fzOfferOracle is docs/behaviour.md §2 for an HTTP/1.x request: whether
+// ParseOffer must fail, and the protocols it must return otherwise.
 func fzOfferOracle(upgrade, connection []string, minor int) (wantErr bool, want []string) {
 	if upgrade == nil || minor == 0 {
 		return false, nil

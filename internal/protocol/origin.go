@@ -10,7 +10,8 @@ import (
 	"golang.org/x/net/idna"
 )
 
-// The Origin rules of SPEC §4 (websocket.origins and require_origin).
+// The Origin rules of docs/behaviour.md §4 (websocket.origins and
+// require_origin).
 //
 // Placeholders. An origins entry may hold Caddy placeholders, e.g.
 // same-origin "{http.request.scheme}://{http.request.hostport}". Such an
@@ -155,13 +156,13 @@ func (p originPattern) match(o origin) bool {
 	return ok && label != "" && !strings.Contains(label, ".")
 }
 
-// checkOrigin applies SPEC §4 to a request's Origin lines (r.Header["Origin"])
-// and is meant to be called only when websocket.origins or require_origin is
-// set. No Origin passes unless requireOrigin. Several lines, a list, an empty
-// or unparsable value and "null" are refused. Otherwise the origin must match
-// one of patterns; if patterns is empty (require_origin without origins) any
-// single well-formed origin passes, but "null" is still refused, as it
-// "matches nothing".
+// checkOrigin applies docs/behaviour.md §4 to a request's Origin lines
+// (r.Header["Origin"]) and is meant to be called only when websocket.origins
+// or require_origin is set. No Origin passes unless requireOrigin. Several
+// lines, a list, an empty or unparsable value and "null" are refused.
+// Otherwise the origin must match one of patterns; if patterns is empty
+// (require_origin without origins) any single well-formed origin passes, but
+// "null" is still refused, as it "matches nothing".
 func checkOrigin(values []string, patterns []originPattern, requireOrigin bool) (ok bool, reason string) {
 	return checkOriginAgainst(values, patterns, len(patterns) > 0, requireOrigin)
 }
@@ -221,11 +222,11 @@ func NewOriginList(entries []string) (OriginList, error) {
 	return l, nil
 }
 
-// Check applies SPEC §4 to a request's Origin lines (r.Header["Origin"]);
-// call it only when websocket.origins or require_origin is set. No Origin
-// passes unless requireOrigin. Several lines, a list, an empty or
-// unparsable value and "null" are refused. Otherwise the origin must match
-// an entry; with no entries at all (require_origin alone) any single
+// Check applies docs/behaviour.md §4 to a request's Origin lines
+// (r.Header["Origin"]); call it only when websocket.origins or require_origin
+// is set. No Origin passes unless requireOrigin. Several lines, a list, an
+// empty or unparsable value and "null" are refused. Otherwise the origin must
+// match an entry; with no entries at all (require_origin alone) any single
 // well-formed origin passes. It returns the reason for a refusal.
 //
 // replace expands an entry's placeholders (e.g. func(s string) string {

@@ -144,7 +144,7 @@ func TestOriginPatternMatch(t *testing.T) {
 		pattern, origin string
 		want            bool
 	}{
-		{"https://good.example", "https://Good.Example:443", true}, // SPEC §4 example
+		{"https://good.example", "https://Good.Example:443", true}, // docs/behaviour.md §4 example
 		{"https://good.example:443", "https://good.example", true},
 		{"https://good.example", "https://good.example", true},
 		{"https://good.example", "http://good.example", false},

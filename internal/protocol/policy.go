@@ -7,10 +7,10 @@ import (
 
 // Outcome is what the handler did with a request; its name is the value of
 // the {http.upgrade.outcome} placeholder and the outcome metric label
-// (SPEC §7).
+// (docs/behaviour.md §7).
 type Outcome uint8
 
-// The outcomes, in the order of SPEC §7's table.
+// The outcomes, in the order of docs/behaviour.md §7's table.
 const (
 	OutcomeNone Outcome = iota
 	OutcomeAccepted
@@ -41,8 +41,8 @@ const NumOutcomes = len(outcomeNames)
 // String is the outcome's name in placeholders, metrics and logs.
 func (o Outcome) String() string { return outcomeNames[o] }
 
-// Policy is one route's Upgrade policy: the SPEC §3 table. Build it with
-// NewPolicy.
+// Policy is one route's Upgrade policy: the docs/behaviour.md §3 table. Build
+// it with NewPolicy.
 type Policy struct {
 	allowed []Protocol // configured order
 	labels  []string   // lower-cased allowed names: the metric labels
@@ -77,9 +77,9 @@ type Verdict struct {
 	Entry    Protocol
 }
 
-// Decide applies the SPEC §3 table. httpMajor tells HTTP/2 and HTTP/3
-// requests apart, where a 426 cannot be sent (its Upgrade and Connection
-// fields are forbidden there) and 400 takes its place.
+// Decide applies the docs/behaviour.md §3 table. httpMajor tells HTTP/2 and
+// HTTP/3 requests apart, where a 426 cannot be sent (its Upgrade and
+// Connection fields are forbidden there) and 400 takes its place.
 func (p *Policy) Decide(o Offer, httpMajor int) Verdict {
 	if o.Present() {
 		if sel, entry, ok := p.selectProtocol(o); ok {

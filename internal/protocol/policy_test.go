@@ -28,8 +28,8 @@ func xcOffer(name string) Offer {
 	return Offer{Protocols: []Protocol{{Name: name}}, ExtendedConnect: true}
 }
 
-// TestPolicyTable is the SPEC §3 table, row by row, for every combination
-// of require and on_disallowed, on HTTP/1.1, HTTP/2 and HTTP/3.
+// TestPolicyTable is the docs/behaviour.md §3 table, row by row, for every
+// combination of require and on_disallowed, on HTTP/1.1, HTTP/2 and HTTP/3.
 func TestPolicyTable(t *testing.T) {
 	allowed := []string{"websocket", "foo/2"}
 	type row struct {
@@ -58,7 +58,8 @@ func TestPolicyTable(t *testing.T) {
 		disallowedRequired, disallowedRequiredStatus := OutcomeRequired, required
 		if major >= 2 {
 			// extended CONNECT whose :protocol is not allowed: 501, even
-			// under require (selection comes before require, SPEC §3 order).
+			// under require (selection comes before require,
+			// docs/behaviour.md §3 order).
 			disallowedOutcome, disallowedStatus = OutcomeUnsupported, http.StatusNotImplemented
 			disallowedRequired, disallowedRequiredStatus = OutcomeUnsupported, http.StatusNotImplemented
 		}
@@ -99,8 +100,8 @@ func TestPolicyTable(t *testing.T) {
 	}
 }
 
-// TestPolicyRequiredStatus checks that the 426-or-400 choice depends
-// on the request's HTTP version only (SPEC §3: never 426 on HTTP/2-3).
+// TestPolicyRequiredStatus checks that the 426-or-400 choice depends on the
+// request's HTTP version only (docs/behaviour.md §3: never 426 on HTTP/2-3).
 func TestPolicyRequiredStatus(t *testing.T) {
 	for major, want := range map[int]int{1: 426, 2: 400, 3: 400} {
 		if got := RequiredStatus(major); got != want {
@@ -233,8 +234,8 @@ func fzProtocols(s string) []Protocol {
 	return out
 }
 
-// fzMatches is SPEC §1: names case-insensitive, versions exact; an entry
-// without a version admits any version or none.
+// fzMatches is docs/behaviour.md §1: names case-insensitive, versions exact;
+// an entry without a version admits any version or none.
 func fzMatches(entry, offered Protocol) bool {
 	return strings.EqualFold(entry.Name, offered.Name) && (entry.Version == "" || entry.Version == offered.Version)
 }
@@ -312,7 +313,7 @@ func FuzzPolicyDecide(f *testing.F) {
 		if sel != nil {
 			t.Fatalf("allowed %q, offered %q: outcome %s, but %q is allowed", p.allowed, o.Protocols, v.Outcome, *sel)
 		}
-		// SPEC §3 table, nothing selected.
+		// docs/behaviour.md §3 table, nothing selected.
 		var wantOutcome Outcome
 		wantStatus := 0
 		switch {

@@ -5,10 +5,10 @@ import (
 	"strings"
 )
 
-// RemoveStrayUpgrade drops upgrade headers that are not an offer (SPEC §2:
-// Upgrade without "Connection: upgrade", or on HTTP/1.0), so that nothing
-// downstream mistakes them for one. HTTP/2 and HTTP/3 forbid both fields
-// (RFC 9113 §8.2.2), so there they go entirely.
+// RemoveStrayUpgrade drops upgrade headers that are not an offer
+// (docs/behaviour.md §2: Upgrade without "Connection: upgrade", or on
+// HTTP/1.0), so that nothing downstream mistakes them for one. HTTP/2 and
+// HTTP/3 forbid both fields (RFC 9113 §8.2.2), so there they go entirely.
 func RemoveStrayUpgrade(r *http.Request) {
 	_, hasUpgrade := r.Header["Upgrade"]
 	_, hasConnection := r.Header["Connection"]
@@ -42,8 +42,8 @@ func RemoveConnectionToken(h http.Header, opt string) {
 }
 
 // StripOffer turns an offer of nothing allowed into a plain request
-// (SPEC §3, on_disallowed: ignore): Upgrade, HTTP2-Settings and every field
-// the client named in Connection go, with Connection itself.
+// (docs/behaviour.md §3, on_disallowed: ignore): Upgrade, HTTP2-Settings and
+// every field the client named in Connection go, with Connection itself.
 func StripOffer(h http.Header) {
 	removeConnectionOptions(h)
 	delete(h, "Upgrade")
@@ -51,7 +51,7 @@ func StripOffer(h http.Header) {
 }
 
 // RewriteAccepted reduces an accepted offer to the selected protocol
-// (SPEC §5), and the WebSocket subprotocols to those allowed, when
+// (docs/behaviour.md §5), and the WebSocket subprotocols to those allowed, when
 // subprotocols is not nil. Caddy's reverse proxy forwards only the first Upgrade line
 // and rejects a 101 naming anything else, so exactly one protocol goes on.
 func RewriteAccepted(r *http.Request, o Offer, v Verdict, subprotocols []string) {

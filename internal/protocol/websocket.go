@@ -7,22 +7,23 @@ import (
 	"strings"
 )
 
-// The WebSocket handshake rules of RFC 6455 §4 (SPEC §4, §5), over header
-// maps.
+// The WebSocket handshake rules of RFC 6455 §4 (docs/behaviour.md §4, §5),
+// over header maps.
 
 // websocketGUID is the fixed string of RFC 6455 §1.3 appended to the key.
 const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 // CheckWebSocketRequest applies the request checks of RFC 6455 §4.2.1 to a
-// handshake whose protocol has already been selected, in SPEC §3 order: the
-// method, then the key (HTTP/1.1 only), then Sec-WebSocket-Version. It
-// returns 0 and "" when the request passes, else the status to answer (400,
-// or 426 for a well-formed but unsupported version) and a short reason.
+// handshake whose protocol has already been selected, in docs/behaviour.md §3
+// order: the method, then the key (HTTP/1.1 only), then
+// Sec-WebSocket-Version. It returns 0 and "" when the request passes, else
+// the status to answer (400, or 426 for a well-formed but unsupported
+// version) and a short reason.
 //
 // With extendedConnect (RFC 8441 / RFC 9220) there is no method or key rule:
 // the method is CONNECT and Sec-WebSocket-Key is not used, so it is not
 // looked at. The Version rule is the same. On HTTP/2 and HTTP/3 the caller
-// answers 400 instead of 426 (SPEC §3); the 426 reply carries
+// answers 400 instead of 426 (docs/behaviour.md §3); the 426 reply carries
 // "Sec-WebSocket-Version: 13" either way.
 //
 // Leading and trailing spaces and tabs are ignored in both values (Go's
@@ -78,7 +79,8 @@ func AcceptKey(key string) string {
 // filterSubprotocols keeps the offered Sec-WebSocket-Protocol values (field
 // lines, each a comma-separated list, joined in order) that appear in
 // allowed, compared exactly, in the client's order. It returns nil when
-// nothing is left, and the caller then removes the header (SPEC §4).
+// nothing is left, and the caller then removes the header
+// (docs/behaviour.md §4).
 func filterSubprotocols(offered []string, allowed []string) []string {
 	var kept []string
 	for p := range ListElements(offered) {
@@ -105,7 +107,7 @@ func extensionName(elem string) string {
 }
 
 // filterSubprotocolHeader keeps only allowed subprotocols, in client order
-// (SPEC §4), and drops the field when none is left.
+// (docs/behaviour.md §4), and drops the field when none is left.
 func filterSubprotocolHeader(h http.Header, allowed []string) {
 	offered, ok := h["Sec-Websocket-Protocol"]
 	if !ok {
@@ -133,10 +135,10 @@ func OffersOnlyOtherSubprotocols(h http.Header, allowed []string) bool {
 }
 
 // CheckWebSocket101 checks a backend's 101 to a WebSocket handshake against
-// the request that was forwarded to it (SPEC §5); it returns "" when the
-// response is acceptable, else the reason for the 502. reqHeader must be
-// the header as sent to the backend (after RewriteAccepted), so that "a
-// subprotocol that was forwarded" is what reqHeader lists.
+// the request that was forwarded to it (docs/behaviour.md §5); it returns ""
+// when the response is acceptable, else the reason for the 502. reqHeader
+// must be the header as sent to the backend (after RewriteAccepted), so that
+// "a subprotocol that was forwarded" is what reqHeader lists.
 //
 //   - checkAccept (HTTP/1.1 towards the backend): exactly one
 //     Sec-WebSocket-Accept, equal to AcceptKey of the request's single
