@@ -9,8 +9,9 @@ XCADDY_VERSION      := v0.4.5
 STATICCHECK_VERSION := v0.8.2
 MODULE              := github.com/seedf05e/caddy-upgrade
 
-# Sources that go into bin/caddy (xcaddy builds only the top-level package).
-CADDY_SOURCES := $(wildcard *.go) go.mod go.sum
+# Sources that go into bin/caddy: the top-level package and the internal
+# packages it imports.
+CADDY_SOURCES := $(wildcard *.go internal/protocol/*.go internal/wsframe/*.go) go.mod go.sum
 
 .PHONY: all demo test fuzz lint validate clean
 
@@ -55,15 +56,20 @@ test:
 	fi
 	cd bench && go test -count=1 ./...
 
-# Runs every Fuzz target of the top-level package for 20,000 executions each
-# (about 10-20 s here); none is fine. A count, not a duration: with a
-# duration, Go 1.26's fuzz coordinator can report its own deadline as a
-# failure on a loaded machine (golang/go#75804, fixed in Go 1.27).
+# Runs every Fuzz target of every package of the module for 20,000
+# executions each (a few seconds a target: the fuzzed packages link no
+# Caddy); a package without one is skipped before its test binary is built.
+# A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
+# report its own deadline as a failure on a loaded machine.
 fuzz:
-	@names=$$(go test -list '^Fuzz' .); \
-	for name in $$(grep '^Fuzz' <<<"$$names" || true); do \
-		echo "== fuzz $$name"; \
-		go test -run='^$$' -fuzz="^$$name$$" -fuzztime=20000x .; \
+	@for entry in $$(go list -f '{{.ImportPath}}={{.Dir}}' ./...); do \
+		pkg=$${entry%%=*}; dir=$${entry#*=}; \
+		grep -qs '^func Fuzz' "$$dir"/*_test.go || continue; \
+		names=$$(go test -list '^Fuzz' "$$pkg"); \
+		for name in $$(grep '^Fuzz' <<<"$$names" || true); do \
+			echo "== fuzz $$pkg $$name"; \
+			go test -run='^$$' -fuzz="^$$name$$" -fuzztime=20000x "$$pkg"; \
+		done; \
 	done
 
 # bench/ and soak/ are Go modules of their own, which ./... does not reach.
