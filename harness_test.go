@@ -17,7 +17,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/sha1"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -28,6 +27,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +38,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/gorilla/websocket"
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
 )
 
 // Addresses of the in-process Caddy. CADDY_UPGRADE_TEST_PORT_OFFSET shifts
@@ -476,17 +477,7 @@ func (l *lockedBuffer) Bytes() []byte {
 // isUpgradeRequest reports whether a request, as the backend got it, asks
 // to upgrade (Connection: upgrade and an Upgrade field).
 func isUpgradeRequest(r *http.Request) bool {
-	if len(r.Header["Upgrade"]) == 0 {
-		return false
-	}
-	for _, v := range r.Header["Connection"] {
-		for _, e := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(e), "upgrade") {
-				return true
-			}
-		}
-	}
-	return false
+	return len(r.Header["Upgrade"]) > 0 && slices.Contains(connectionTokens(r.Header), "upgrade")
 }
 
 // plainAnswer writes the default answer to a request that is not an
@@ -555,7 +546,7 @@ func answerSwitch(echo bool, lines ...string) backendAnswer {
 		rec.closed = make(chan struct{})
 
 		key := r.Header.Get("Sec-WebSocket-Key")
-		exp := strings.NewReplacer("{upgrade}", r.Header.Get("Upgrade"), "{accept}", websocketAcceptFor(key), "{key}", key)
+		exp := strings.NewReplacer("{upgrade}", r.Header.Get("Upgrade"), "{accept}", audit.AcceptFor(key), "{key}", key)
 		var head strings.Builder
 		head.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
 		for _, l := range lines {
@@ -628,13 +619,6 @@ func answerStatus(status int, body string) backendAnswer {
 
 // ---------------------------------------------------------------------------
 // WebSocket helpers
-
-// websocketAcceptFor is RFC 6455 §4.2.2's Sec-WebSocket-Accept for key,
-// computed here independently of the module.
-func websocketAcceptFor(key string) string {
-	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	return base64.StdEncoding.EncodeToString(sum[:])
-}
 
 // newWebSocketKey is a fresh random Sec-WebSocket-Key.
 func newWebSocketKey() string {
@@ -858,7 +842,7 @@ func TestHarnessRecordingBackend(t *testing.T) {
 		req, key := wsHandshake("/n")
 		res := c.Do(req)
 		requireStatus(t, res, http.StatusSwitchingProtocols)
-		if res.Header.Get("Upgrade") != "websocket" || res.Header.Get("Sec-WebSocket-Accept") != websocketAcceptFor(key) {
+		if res.Header.Get("Upgrade") != "websocket" || res.Header.Get("Sec-WebSocket-Accept") != audit.AcceptFor(key) {
 			t.Fatalf("naive 101 headers %v", res.Header)
 		}
 		c.Send("tunnel bytes")

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
 )
 
 // newRecordingBackendOn is newRecordingBackend on a chosen address (to
@@ -385,7 +386,7 @@ func (b *rawSwitchBackend) serve(c net.Conn) {
 	}
 	head := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + req.Header.Get("Upgrade") + "\r\n"
 	if key := req.Header.Get("Sec-WebSocket-Key"); key != "" {
-		head += "Sec-WebSocket-Accept: " + websocketAcceptFor(key) + "\r\n"
+		head += "Sec-WebSocket-Accept: " + audit.AcceptFor(key) + "\r\n"
 	}
 	if _, err := io.WriteString(c, head+"\r\n"); err != nil {
 		c.Close()

@@ -17,7 +17,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -34,6 +33,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go/http3"
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
 	"github.com/seedf05e/caddy-upgrade/internal/wsframe/wsframetest"
 	"golang.org/x/net/http2"
 )
@@ -114,9 +114,8 @@ func (b *rlBackend) serve(c net.Conn, id int) {
 	if err != nil {
 		return
 	}
-	sum := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	if _, err := fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-		base64.StdEncoding.EncodeToString(sum[:])); err != nil {
+		audit.AcceptFor(req.Header.Get("Sec-WebSocket-Key"))); err != nil {
 		return
 	}
 	// Whatever comes back (Caddy's own close frame on a reload) is read

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
 )
 
 // greeting is what switchBackend sends right behind its 101, in the same
@@ -47,7 +49,7 @@ func handle101(c net.Conn) {
 	}
 	head := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + req.Header.Get("Upgrade") + "\r\n"
 	if key := req.Header.Get("Sec-WebSocket-Key"); key != "" {
-		head += "Sec-WebSocket-Accept: " + websocketAcceptFor(key) + "\r\n"
+		head += "Sec-WebSocket-Accept: " + audit.AcceptFor(key) + "\r\n"
 	}
 	if _, err := io.WriteString(c, head+"\r\n"+greeting); err != nil {
 		return
