@@ -31,7 +31,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -151,7 +150,7 @@ func loadCaddyRaw(t *testing.T, config, configType string) *caddytest.Tester {
 // share the admin address localhost:2999, so two running at once (say `go
 // test -run Offer .` by one person and the full suite by another) would load
 // configs into each other's Caddy.
-var harnessLockPath = fmt.Sprintf("/tmp/caddy-upgrade-caddytest-%d.lock", harnessAdminPort)
+var harnessLockPath = filepath.Join(harnessLockDir, fmt.Sprintf("caddy-upgrade-caddytest-%d.lock", harnessAdminPort))
 
 var (
 	harnessLockOnce sync.Once
@@ -172,11 +171,11 @@ func lockCaddytest(t testing.TB) {
 		deadline := time.Now().Add(5 * time.Minute)
 		logged := false
 		for {
-			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			busy, err := tryLock(f)
 			if err == nil {
 				return // f stays open, and locked, until the process exits
 			}
-			if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			if !busy || time.Now().After(deadline) {
 				f.Close()
 				harnessLockErr = fmt.Errorf("locking %s: %w", harnessLockPath, err)
 				return
@@ -329,6 +328,42 @@ func serveRaw(t testing.TB, handle func(c net.Conn, id int)) net.Listener {
 		wg.Wait()
 	})
 	return ln
+}
+
+// greeting is what switchBackend sends right behind its 101, in the same
+// write, so that Caddy's transport reads it together with the 101.
+const greeting = "hello from the backend\n"
+
+// switchBackend answers every request with a 101 to the protocol asked
+// for (with the WebSocket Accept when there is a key), the greeting in
+// the same write, and then echoes every byte. It holds no buffer per
+// tunnel beyond its reader, so that heap figures show the proxy's.
+type switchBackend struct {
+	ln net.Listener
+}
+
+func newSwitchBackend(t testing.TB) *switchBackend {
+	t.Helper()
+	return &switchBackend{ln: serveRaw(t, func(c net.Conn, _ int) { handle101(c) })}
+}
+
+func (b *switchBackend) addr() string { return b.ln.Addr().String() }
+
+func handle101(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReaderSize(c, 512)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	head := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + req.Header.Get("Upgrade") + "\r\n"
+	if key := req.Header.Get("Sec-WebSocket-Key"); key != "" {
+		head += "Sec-WebSocket-Accept: " + audit.AcceptFor(key) + "\r\n"
+	}
+	if _, err := io.WriteString(c, head+"\r\n"+greeting); err != nil {
+		return
+	}
+	io.Copy(c, br)
 }
 
 // Addr is the backend's host:port.

@@ -1,11 +1,13 @@
 package upgrade
 
-// Tests of the hand-over (handover.go) inside a real Caddy: once a tunnel
+// Tests of the hand-over (tunnel.go) inside a real Caddy: once a tunnel
 // through the delegating route is open, Caddy's handler has returned and
 // the tunnel idles on the shared poller with no goroutine and no buffer,
 // over plain TCP and over TLS; it still counts on its upstream (least_conn
 // balances on it); it closes on stream_timeout and, after
 // stream_close_delay, on a reload; and it logs one `tunnel closed` line.
+// Linux only: the shared poller needs epoll (poller_other.go), and
+// elsewhere tunnels stay with Caddy's reverse proxy.
 
 import (
 	"bufio"
