@@ -46,7 +46,8 @@ demo: bin/caddy bin/echo
 	GODEBUG=http2xconnect=1 bin/caddy run --adapter caddyfile --config Caddyfile.example
 
 # Fails if any test is skipped: a silent skip (e.g. caddytest under -trimpath)
-# must not pass as "ok". Never add -trimpath here.
+# must not pass as "ok". Never add -trimpath or -short here: -short skips
+# every test that starts Caddy or a browser.
 test: export GODEBUG := http2xconnect=1
 test:
 	go test -count=1 -race -timeout 15m -v ./... 2>&1 | tee test.log
