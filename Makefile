@@ -9,11 +9,10 @@ XCADDY_VERSION      := v0.4.5
 STATICCHECK_VERSION := v0.8.2
 MODULE              := github.com/seedf05e/caddy-upgrade
 
-# Sources that go into bin/caddy: the top-level package and the internal
-# packages it imports.
-CADDY_SOURCES := $(wildcard *.go internal/protocol/*.go internal/wsframe/*.go) go.mod go.sum
+# Sources that go into bin/caddy (xcaddy builds only the top-level package).
+CADDY_SOURCES := $(wildcard *.go internal/*/*.go) go.mod go.sum
 
-.PHONY: all demo test fuzz lint validate clean
+.PHONY: all demo test fuzz lint validate clean canary
 
 all: bin/caddy bin/echo
 
@@ -122,3 +121,18 @@ soak-tls: bin/caddy bin/echo
 soak-short-tls: bin/caddy bin/echo
 	go build -C soak -o bin/soak ./cmd/soak
 	soak/bin/soak -profile short -tls $(SOAK_FLAGS)
+
+# Canaries against the newest Caddy release the module proxy serves: a copy
+# of the checkout with Caddy upgraded runs the tests that fail when an
+# internal the module recognises changed (caddy_internals.go), and the
+# hand-over tests. Pinned Caddy: these run in `make test` too.
+canary:
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	git ls-files -z | xargs -0 cp --parents -t "$$tmp"; \
+	cd "$$tmp"; \
+	latest=$$(go list -m -f '{{.Version}}' github.com/caddyserver/caddy/v2@latest); \
+	echo "== canaries against Caddy $$latest (pinned: $(CADDY_VERSION))"; \
+	go get github.com/caddyserver/caddy/v2@$$latest >/dev/null; \
+	go mod tidy >/dev/null; \
+	GODEBUG=http2xconnect=1 go test -count=1 -race -run '^(TestCanary|TestHandOver)' -v . 2>&1 | tee canary.log | grep -E '^(--- |ok|FAIL|PASS)'; \
+	if grep -q -- '--- SKIP' canary.log; then echo "FAIL: canaries skipped" >&2; exit 1; fi

@@ -27,11 +27,16 @@ func guardTransport(rp *reverseproxy.Handler) bool {
 	t, ok := rp.Transport.(*reverseproxy.HTTPTransport)
 	if ok {
 		rp.Transport = &guardedTransport{t}
-		// Every tunnel through this proxy gets a backendBody, whose
-		// loops copy both directions (tunnel_copy.go); the buffer Caddy's
-		// copier allocates per direction before handing over would be
-		// garbage at once.
-		rp.StreamBufferSize = 1
+		// Every tunnel through this proxy gets a backendBody, and Caddy's
+		// copiers hand the copy to its WriteTo or the module takes the
+		// tunnel over there (engine.go, tunnel.go): the buffer a copier
+		// allocates per direction first would be garbage at once. A size
+		// the operator set is left alone. If Caddy's copier stopped
+		// handing the copy over (caddy_internals.go), it would copy a
+		// byte at a time: the wrappers' Read says so once.
+		if rp.StreamBufferSize == 0 {
+			rp.StreamBufferSize = 1
+		}
 	}
 	return ok
 }
@@ -97,7 +102,10 @@ func newBackendBody(rwc io.ReadWriteCloser, t *tunnel) *backendBody {
 // writes are not counted (the client side counts both directions).
 func (b *backendBody) loopConn() (io.ReadWriter, bool) { return b.rwc, false }
 
-func (b *backendBody) Read(p []byte) (int, error) { return b.rwc.Read(p) }
+func (b *backendBody) Read(p []byte) (int, error) {
+	b.t.copierReads(len(p))
+	return b.rwc.Read(p)
+}
 
 // Write is for writes from outside the copy loops: Caddy's close frame,
 // and bytes a client sent right behind its request.
@@ -135,8 +143,12 @@ func (b *backendBody) WriteTo(w io.Writer) (int64, error) {
 		return 0, errHandedOver
 	}
 	dst, counts := pastWrapper(w)
-	if g := h2ClientWriter(b.t, w); g != nil {
-		dst, counts = guardLoop{g}, true
+	if _, http1 := w.(loopSide); !http1 {
+		if g := h2ClientWriter(b.t, w); g != nil {
+			dst, counts = guardLoop{g}, true
+		} else if b.t.down != nil && b.t.owner != nil {
+			b.t.owner.warn(msgNotRecognised, "reverseproxy."+caddyH2RWCType+" not recognised: over extended CONNECT, Caddy's close frame on a reload is not held to a frame boundary")
+		}
 	}
 	return pump(dst, sourceOf(b.rwc), b.t.down, b.t.counter(counts, false))
 }

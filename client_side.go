@@ -255,6 +255,7 @@ type tunnelConn struct {
 }
 
 func (c *tunnelConn) Read(p []byte) (int, error) {
+	c.t.copierReads(len(p))
 	n, err := c.Conn.Read(p)
 	c.t.carried(n, true)
 	return n, err

@@ -202,6 +202,16 @@ var longAgo = time.Unix(1, 0)
 // just found readable. (n > 0, errWouldBlock) means: these bytes, then
 // wait.
 func (e *endpoint) read(p []byte, fresh bool) (int, error) {
+	n, err := e.readNow(p, fresh)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// await's deadline, moved lazily, passed between its wait and
+		// this read (a loaded machine): not an error, wait again.
+		err = errWouldBlock
+	}
+	return n, err
+}
+
+func (e *endpoint) readNow(p []byte, fresh bool) (int, error) {
 	if e.body != nil {
 		if !e.body.IsNil() {
 			return e.above.Read(p)
@@ -219,9 +229,6 @@ func (e *endpoint) read(p []byte, fresh bool) (int, error) {
 	e.tls.SetReadDeadline(longAgo)
 	n, err := e.tls.Read(p)
 	e.tls.SetReadDeadline(e.deadline)
-	if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-		return 0, errWouldBlock
-	}
 	return n, err
 }
 

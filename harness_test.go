@@ -17,7 +17,9 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -784,6 +786,107 @@ func dialRawAddr(t testing.TB, addr string) *rawClient {
 	}
 	t.Cleanup(func() { c.Close() })
 	return &rawClient{t: t, Conn: c, R: bufio.NewReader(c)}
+}
+
+// dialTLSRaw connects to Caddy's HTTPS site over TLS with HTTP/1.1.
+func dialTLSRaw(t testing.TB) *rawClient {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: harnessIO}, "tcp", h23HTTPSAddr, &tls.Config{
+		ServerName: "localhost", InsecureSkipVerify: true, NextProtos: []string{"http/1.1"},
+	})
+	if err != nil {
+		t.Fatalf("dial %s over TLS: %v", h23HTTPSAddr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawClient{t: t, Conn: c, R: bufio.NewReader(c)}
+}
+
+// openFoo opens a foo tunnel on c and reads the backend's greeting.
+func openFoo(t testing.TB, c *rawClient, path string) *rawClient {
+	t.Helper()
+	req := rawRequest("GET", path, "Connection: Upgrade", "Upgrade: foo")
+	if _, ok := c.Conn.(*tls.Conn); ok {
+		req = strings.Replace(req, "Host: "+harnessAddr, "Host: "+h23Authority, 1)
+	}
+	requireStatus(t, c.Do(req), http.StatusSwitchingProtocols)
+	got := make([]byte, len(greeting))
+	c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != greeting {
+		t.Fatalf("greeting sent with the 101: got %q, %v", got, err)
+	}
+	return c
+}
+
+// echoCheck sends n random bytes through c and wants them back.
+func echoCheck(t testing.TB, c *rawClient, n int) {
+	t.Helper()
+	want := make([]byte, n)
+	rand.Read(want)
+	errc := make(chan error, 1)
+	go func() {
+		c.Conn.SetWriteDeadline(time.Now().Add(harnessIO))
+		_, err := c.Conn.Write(want)
+		errc <- err
+	}()
+	got := make([]byte, n)
+	c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	if _, err := io.ReadFull(c.R, got); err != nil {
+		t.Fatalf("echo of %d bytes: %v", n, err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("echo write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("echo of %d bytes came back changed", n)
+	}
+}
+
+// goroutinesWith counts the goroutines whose stack mentions any of frames.
+func goroutinesWith(frames ...string) int {
+	buf := make([]byte, 1<<24)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		for _, f := range frames {
+			if bytes.Contains(g, []byte(f)) {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// The frames of a goroutine that holds a request: net/http's connection
+// goroutine serving through Caddy's handler chain, and Caddy's tunnel.
+var handlerFrames = []string{
+	"caddyhttp.(*Server).ServeHTTP",
+	"reverseproxy.(*Handler).handleUpgradeResponse",
+	"reverseproxy.switchProtocolCopier",
+}
+
+// adminUpstreamRequests reads num_requests per upstream from the admin API.
+func adminUpstreamRequests(t *testing.T) map[string]int {
+	t.Helper()
+	res, err := http.Get("http://" + harnessAdmin + "/reverse_proxy/upstreams")
+	if err != nil {
+		t.Fatalf("admin API: %v", err)
+	}
+	defer res.Body.Close()
+	var ups []struct {
+		Address     string `json:"address"`
+		NumRequests int    `json:"num_requests"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&ups); err != nil {
+		t.Fatalf("admin API /reverse_proxy/upstreams: %v", err)
+	}
+	out := map[string]int{}
+	for _, u := range ups {
+		out[u.Address] = u.NumRequests
+	}
+	return out
 }
 
 // Send writes s as is.

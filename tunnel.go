@@ -38,11 +38,11 @@ import (
 // request on its upstream, and a log line when it closes.
 
 // tunnel is one accepted upgrade from the moment it is passed on until its
-// last connection closes. Caddy's reverse proxy runs the byte copies; the
-// tunnel only watches them: it frees the limit slot once, and enforces
-// idle_timeout and max_duration by ending the request's context (which
-// makes Caddy close the backend connection) and closing the hijacked
-// client connection.
+// last connection closes. It frees the limit slot once, counts bytes,
+// keeps the metrics, and enforces idle_timeout and max_duration: where
+// Caddy runs the copies, by ending the request's context (which makes
+// Caddy close the backend connection) and closing the hijacked client
+// connection; where the module owns the tunnel, by closing both sockets.
 type tunnel struct {
 	limit   *tunnelLimit
 	cancel  context.CancelFunc
@@ -259,6 +259,16 @@ func (t *tunnel) carried(n int, upstream bool) {
 	}
 }
 
+// copierReads notes a Read of a tunnel wrapper with a buffer of n bytes.
+// Caddy's copiers are given a 1-byte buffer and are expected to hand the
+// copy to the wrappers' WriteTo (io.CopyBuffer does): a Read of one byte
+// means a Caddy that copies through Read, a byte at a time.
+func (t *tunnel) copierReads(n int) {
+	if n == 1 && t.owner != nil && t.owner.delegating {
+		t.owner.warn(msgNotRecognised, "Caddy's copier reads the tunnel through Read, not io.CopyBuffer's WriteTo: it copies a byte at a time; set the proxy's stream_buffer_size")
+	}
+}
+
 // counter is the accounting of a copy loop that went past a counting
 // wrapper, or nil.
 func (t *tunnel) counter(counts, upstream bool) func(int) {
@@ -360,16 +370,22 @@ type tunnelOwner struct {
 	// then are both sides of a tunnel the module's wrappers.
 	delegating    bool
 	streamTimeout time.Duration
-	warned        sync.Map // reason -> struct{}: fallbacks already logged
+	warned        sync.Map // message and reason -> struct{}: fallbacks already logged
 }
 
-// warn logs, once per handler instance and reason, that a tunnel stays
-// with Caddy.
-func (o *tunnelOwner) warn(reason string) {
-	if _, seen := o.warned.LoadOrStore(reason, struct{}{}); !seen {
-		o.logger.Warn("tunnels stay with Caddy's reverse proxy (more memory per idle tunnel)", zap.String("reason", reason))
+// warn logs, once per handler instance and message, that the module
+// falls back to a path that costs more or guards less.
+func (o *tunnelOwner) warn(msg, reason string) {
+	if _, seen := o.warned.LoadOrStore(msg+"\x00"+reason, struct{}{}); !seen {
+		o.logger.Warn(msg, zap.String("reason", reason))
 	}
 }
+
+// The fallbacks' messages.
+const (
+	msgStaysWithCaddy = "tunnels stay with Caddy's reverse proxy (more memory per idle tunnel)"
+	msgNotRecognised  = "a Caddy or Go internal is not recognised: the module falls back"
+)
 
 // owned is the state of a tunnel once the module has taken it over.
 type owned struct {
@@ -392,12 +408,12 @@ func (t *tunnel) tryOwn() {
 		return
 	}
 	if !o.delegating {
-		o.warn("policy-only mode: the next handler runs the tunnel")
+		o.warn(msgStaysWithCaddy, "policy-only mode: the next handler runs the tunnel")
 		return
 	}
 	client, back, why := t.endpoints()
 	if why != "" {
-		o.warn(why)
+		o.warn(msgStaysWithCaddy, why)
 		return
 	}
 	own := &owned{client: client, back: back, requests: upstreamRequests(t.host)}
@@ -408,14 +424,14 @@ func (t *tunnel) tryOwn() {
 			for _, added := range own.flows[:i] {
 				sharedPoller.remove(added)
 			}
-			o.warn("shared poller: " + err.Error())
+			o.warn(msgStaysWithCaddy, "shared poller: "+err.Error())
 			return
 		}
 	}
 	if own.requests != nil {
 		own.requests.Add(1) // before Caddy's reverse proxy lets go of its own
 	} else if t.host != nil {
-		o.warn("reverseproxy.Host." + caddyHostCounter + " not recognised: open tunnels no longer count on their upstream")
+		o.warn(msgNotRecognised, "reverseproxy.Host."+caddyHostCounter+" not recognised: open tunnels no longer count on their upstream")
 	}
 	t.own.Store(own)
 	// Close frames from outside the loops go to the sockets the module

@@ -42,16 +42,24 @@ func (l *tunnelLimit) release() { l.open.Add(-1) }
 // A tunnel taken over after that moment joins the same deadline.
 type tunnelRegistry struct {
 	mu      sync.Mutex
-	open    map[*tunnel]struct{}
+	open    map[ownedTunnel]struct{}
 	closeAt time.Time // zero until cleanup
 	timer   *time.Timer
 }
 
-func newTunnelRegistry() *tunnelRegistry {
-	return &tunnelRegistry{open: make(map[*tunnel]struct{})}
+// ownedTunnel is what the registry needs of a tunnel (tunnel.go).
+type ownedTunnel interface {
+	// goAway closes the tunnel as a reload or shutdown does.
+	goAway()
+	// addTimer keeps timer to be stopped when the tunnel closes.
+	addTimer(timer *time.Timer)
 }
 
-func (r *tunnelRegistry) add(t *tunnel) {
+func newTunnelRegistry() *tunnelRegistry {
+	return &tunnelRegistry{open: make(map[ownedTunnel]struct{})}
+}
+
+func (r *tunnelRegistry) add(t ownedTunnel) {
 	r.mu.Lock()
 	r.open[t] = struct{}{}
 	closeAt := r.closeAt
@@ -65,7 +73,7 @@ func (r *tunnelRegistry) add(t *tunnel) {
 	}
 }
 
-func (r *tunnelRegistry) remove(t *tunnel) {
+func (r *tunnelRegistry) remove(t ownedTunnel) {
 	r.mu.Lock()
 	delete(r.open, t)
 	r.mu.Unlock()

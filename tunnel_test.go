@@ -518,25 +518,7 @@ func TestTunnelUnitCloseWrite(t *testing.T) {
 		}
 	})
 	t.Run("tcp", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		accepted := make(chan net.Conn, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err == nil {
-				accepted <- c
-			}
-		}()
-		client, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
-		server := <-accepted
-		defer server.Close()
+		client, server := tcpPair(t)
 
 		l := newTunnelLimit(1)
 		u := newUnitTunnel(t, l, 0, 0)
@@ -570,4 +552,29 @@ func TestTunnelUnitCloseWrite(t *testing.T) {
 			t.Fatalf("open %d after close", l.open.Load())
 		}
 	})
+}
+
+// tcpPair is a connected pair of TCP sockets on loopback.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }

@@ -70,11 +70,30 @@ func (cfg *Config) h2cFetch(conn net.Conn, br *bufio.Reader) *H2Answer {
 	}
 	ans := &H2Answer{Path: cfg.InternalPath}
 	var body bytes.Buffer
+	ans.Err = readStream(fr, stream, func(f *http2.MetaHeadersFrame) bool {
+		ans.Status, _ = strconv.Atoi(f.PseudoValue("status"))
+		return f.StreamEnded()
+	}, func(f *http2.DataFrame) bool {
+		if body.Len() < 4096 {
+			body.Write(f.Data())
+		}
+		if f.StreamEnded() {
+			ans.Body = body.String()
+		}
+		return f.StreamEnded()
+	})
+	return ans
+}
+
+// readStream reads frames, answering the connection's SETTINGS and PING,
+// and hands stream's headers and data to the callbacks until one of them
+// says done; a reset of the stream, GOAWAY or the end of the connection
+// is the error.
+func readStream(fr *http2.Framer, stream uint32, headers func(*http2.MetaHeadersFrame) bool, data func(*http2.DataFrame) bool) error {
 	for {
 		f, err := fr.ReadFrame()
 		if err != nil {
-			ans.Err = err
-			return ans
+			return err
 		}
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
@@ -86,32 +105,19 @@ func (cfg *Config) h2cFetch(conn net.Conn, br *bufio.Reader) *H2Answer {
 				fr.WritePing(true, f.Data)
 			}
 		case *http2.MetaHeadersFrame:
-			if f.StreamID != stream {
-				continue
-			}
-			ans.Status, _ = strconv.Atoi(f.PseudoValue("status"))
-			if f.StreamEnded() {
-				return ans
+			if f.StreamID == stream && headers(f) {
+				return nil
 			}
 		case *http2.DataFrame:
-			if f.StreamID != stream {
-				continue
-			}
-			if body.Len() < 4096 {
-				body.Write(f.Data())
-			}
-			if f.StreamEnded() {
-				ans.Body = body.String()
-				return ans
+			if f.StreamID == stream && data != nil && data(f) {
+				return nil
 			}
 		case *http2.RSTStreamFrame:
 			if f.StreamID == stream {
-				ans.Err = fmt.Errorf("stream reset: %v", f.ErrCode)
-				return ans
+				return fmt.Errorf("stream reset: %v", f.ErrCode)
 			}
 		case *http2.GoAwayFrame:
-			ans.Err = fmt.Errorf("GOAWAY: %v", f.ErrCode)
-			return ans
+			return fmt.Errorf("GOAWAY: %v", f.ErrCode)
 		}
 	}
 }
@@ -183,38 +189,17 @@ func (cfg *Config) runH2(ctx context.Context, a Attack) *Observation {
 // readH2Response reads frames until the response head of stream, a reset
 // of it, or the end of the connection.
 func readH2Response(fr *http2.Framer, stream uint32) (*Response, error) {
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return nil, err
+	var res *Response
+	err := readStream(fr, stream, func(f *http2.MetaHeadersFrame) bool {
+		status, _ := strconv.Atoi(f.PseudoValue("status"))
+		h := http.Header{}
+		for _, hf := range f.RegularFields() {
+			h.Add(hf.Name, hf.Value)
 		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				fr.WriteSettingsAck()
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				fr.WritePing(true, f.Data)
-			}
-		case *http2.MetaHeadersFrame:
-			if f.StreamID != stream {
-				continue
-			}
-			status, _ := strconv.Atoi(f.PseudoValue("status"))
-			h := http.Header{}
-			for _, hf := range f.RegularFields() {
-				h.Add(hf.Name, hf.Value)
-			}
-			return &Response{Response: &http.Response{StatusCode: status, Status: strconv.Itoa(status), Header: h, Proto: "HTTP/2.0"}}, nil
-		case *http2.RSTStreamFrame:
-			if f.StreamID == stream {
-				return nil, fmt.Errorf("stream reset: %v", f.ErrCode)
-			}
-		case *http2.GoAwayFrame:
-			return nil, fmt.Errorf("GOAWAY: %v", f.ErrCode)
-		}
-	}
+		res = &Response{Response: &http.Response{StatusCode: status, Status: strconv.Itoa(status), Header: h, Proto: "HTTP/2.0"}}
+		return true
+	}, nil)
+	return res, err
 }
 
 // runH3 sends an extended CONNECT over HTTP/3 (RFC 9220) to the target's
