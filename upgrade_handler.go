@@ -52,8 +52,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // checkAccepted runs the checks that follow selection, in
-// docs/behaviour.md §3 order: body, WebSocket method/key/duplicates,
-// WebSocket version, Origin.
+// docs/behaviour.md §3 order: a :protocol the proxy cannot carry, body,
+// WebSocket method/key/duplicates, WebSocket version, Origin, subprotocols.
 func (h *Handler) checkAccepted(r *http.Request, o protocol.Offer, v protocol.Verdict, repl *caddy.Replacer) (refusal, bool) {
 	if o.ExtendedConnect && h.proxy != nil && !v.Entry.IsWebSocket() {
 		// Caddy's reverse proxy turns only a websocket extended CONNECT

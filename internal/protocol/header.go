@@ -11,10 +11,10 @@ import (
 // and tabs around each element are removed, and empty elements are
 // skipped. It does not validate the elements and knows nothing of quoted
 // strings (like Go's httpguts and Caddy's reverse proxy, which read
-// Connection and Upgrade the same way); use it for lists of tokens, and
-// quotedListElements for lists whose elements may carry quoted parameters.
-// It allocates nothing, so that the check of every request's Connection
-// field costs no garbage.
+// Connection and Upgrade the same way): it is for lists of tokens, and
+// Sec-WebSocket-Extensions, whose parameters may be quoted, is split apart
+// from it. It allocates nothing, so that the check of every request's
+// Connection field costs no garbage.
 func ListElements(lines []string) iter.Seq[string] {
 	return func(yield func(string) bool) {
 		for _, line := range lines {
@@ -86,7 +86,7 @@ func isTchar(c byte) bool {
 const logValueCap = 256
 
 // QuoteForLog quotes a client-supplied value for messages and logs, cut at
-// logValueCap bytes.
+// logValueCap (256) bytes.
 func QuoteForLog(s string) string {
 	if len(s) > logValueCap {
 		s = s[:logValueCap] + "…"
