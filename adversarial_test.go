@@ -277,7 +277,7 @@ func TestAdversarial(t *testing.T) {
 			req, key := wsHandshake(path, "Origin: https://Good.Example:443")
 			res := raw.Do(req)
 			requireStatus(t, res, http.StatusSwitchingProtocols)
-			if got := res.Header.Get("Sec-WebSocket-Accept"); got != websocketAcceptFor(key) {
+			if got := res.Header.Get("Sec-WebSocket-Accept"); got != audit.AcceptFor(key) {
 				t.Errorf("101 Accept %q", got)
 			}
 			raw.Send("ping")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -47,7 +48,7 @@ func benchHandler(b *testing.B, h *Handler) *Handler {
 // *caddy.Replacer in its context, holding Caddy's HTTP providers.
 //
 // Caddy makes a replacer for each request, and the handler's work on it is
-// per request (SPEC §7's placeholders: a provider appended, see
+// per request (docs/behaviour.md §7's placeholders: a provider appended, see
 // placeholders.go). A benchmark reusing one request therefore starts each
 // call from the replacer as Caddy hands it over: `*repl = fresh`, with
 // fresh a copy taken before the loop (a 48-byte copy, timed with the
@@ -152,11 +153,11 @@ func BenchmarkServeHTTPNoOfferFloor(b *testing.B) {
 }
 
 // BenchmarkReplacerSetFloor is what publishing the no-offer placeholders
-// (SPEC §7) with three repl.Set calls costs, on one reused replacer whose
-// map already holds the keys (on a request's fresh replacer the first Set
-// also allocates the map's storage). Caddy's Replacer takes a mutex and
-// writes a map each time; the handler no longer does this for requests
-// without an offer (see placeholders.go).
+// (docs/behaviour.md §7) with three repl.Set calls costs, on one reused
+// replacer whose map already holds the keys (on a request's fresh replacer
+// the first Set also allocates the map's storage). Caddy's Replacer takes a
+// mutex and writes a map each time; the handler no longer does this for
+// requests without an offer (see placeholders.go).
 func BenchmarkReplacerSetFloor(b *testing.B) {
 	_, repl := benchRequest(http.MethodGet, "http://example.com/", http.Header{})
 	b.ReportAllocs()
@@ -175,32 +176,35 @@ func BenchmarkReplacerSetFloor(b *testing.B) {
 // put back in place each iteration without allocating, and the replacer
 // is a fresh one each call (see benchRequest).
 //
-// "policy" makes 25 allocations (about 1.3 KB) per handshake
+// "policy" makes 35 allocations (about 2.3 KB) per handshake
 // (go test -run '^$' -bench ServeHTTPAccepted/policy -memprofile ...):
 //
-//   - 1 parseOffer: the offer's protocol list.
+//   - 1 protocol.ParseOffer: the offer's protocol list.
 //   - 2 setPlaceholders: the request's placeholderState and its provider
 //     func (once per request; see placeholders.go).
-//   - 9 pass, per tunnel: context.WithCancel (2), the tunnel, the
+//   - 11 pass, per tunnel: context.WithCancel (2), the tunnel, the
 //     expectation, the responseGuard, context.WithValue and
 //     Request.WithContext (the request the next handler sees), the
-//     tunnelConn wrapping the hijacked connection, and the tunnel's
-//     metric handles (newTunnelMetrics).
-//   - 2 rewriteAccepted: the new Connection and Upgrade lines.
-//   - 3 the WebSocket checks' own work: base64 decoding the key
-//     (validWebSocketKey), and acceptKey's key+GUID string and base64
-//     result.
+//     tunnelConn wrapping the hijacked connection and its close-frame
+//     writer (sideWriter), the func its Close hands to closeSide, and the
+//     tunnel's metric handles (newTunnelMetrics).
+//   - 8 the two frame gates (wsframe.NewGate: a gate and its three
+//     channels, each).
+//   - 2 protocol.RewriteAccepted: the new Connection and Upgrade lines.
+//   - 3 the WebSocket checks' own work: base64 decoding the key, and
+//     protocol.AcceptKey's key+GUID string and base64 result.
 //   - 8 http.CanonicalHeaderKey of a name that is not already canonical:
-//     6 in wsValues, which canonicalizes the RFC spellings it is given
-//     ("Sec-WebSocket-Key" -> "Sec-Websocket-Key": 2 in the request
-//     check, 4 in the 101 check), and 2 for this request's
-//     "Connection: keep-alive" option (checkConnectionOptions and
-//     removeConnectionOptions). These are the ones worth removing
-//     (constant canonical names; no canonicalizing of "keep-alive").
+//     6 where package protocol reads a Sec-WebSocket-* field under both
+//     spellings (wsValues: "Sec-WebSocket-Key" -> "Sec-Websocket-Key": 2
+//     in the request check, 4 in the 101 check), and 2 for this request's
+//     "Connection: keep-alive" option (checked, then removed as a
+//     connection option). These are the ones worth removing (constant
+//     canonical names; no canonicalizing of "keep-alive").
 //
-// "origins+subprotocols" adds 6: the Origin's host split (1), and the
-// subprotocol filter's token list (2, growing from 1 to 2 tokens), kept
-// list, joined string and new header line (3).
+// "origins+subprotocols" adds 7: the Origin's host split (1), the
+// subprotocol filter's kept list in the check and again in the rewrite (2
+// each, growing from 1 to 2), and the joined string and new header line
+// (2).
 func BenchmarkServeHTTPAccepted(b *testing.B) {
 	for _, tc := range []struct {
 		name string
@@ -215,7 +219,7 @@ func BenchmarkServeHTTPAccepted(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			h := benchHandler(b, tc.h)
 			const key = "dGhlIHNhbXBsZSBub25jZQ=="
-			accept := acceptKey(key)
+			accept := protocol.AcceptKey(key)
 			conn := []string{"keep-alive, Upgrade"}
 			up := []string{"websocket"}
 			hdr := http.Header{
@@ -291,47 +295,6 @@ func BenchmarkServeHTTPRefused(b *testing.B) {
 				err := h.ServeHTTP(w, r, noopNext)
 				if he, ok := err.(caddyhttp.HandlerError); !ok || he.StatusCode != http.StatusUpgradeRequired {
 					b.Fatalf("got %v, want a 426 HandlerError", err)
-				}
-			}
-		})
-	}
-}
-
-// BenchmarkParseOffer parses the typical offer and the largest one the
-// grammar accepts (16 protocols, ~500 bytes over several lines).
-func BenchmarkParseOffer(b *testing.B) {
-	var worst []string
-	var line []string
-	size := 0
-	for i := range maxOfferedProtocols {
-		p := "protocol-name-" + strings.Repeat("x", 6) + "/" + strings.Repeat("v", 5) + string(rune('a'+i))
-		line = append(line, p)
-		if len(line) == 4 {
-			s := strings.Join(line, " ,\t")
-			worst = append(worst, s)
-			size += len(s)
-			line = nil
-		}
-	}
-	if size > maxUpgradeBytes || size < 400 {
-		b.Fatalf("worst case is %d bytes; want 400..512", size)
-	}
-	for _, tc := range []struct {
-		name  string
-		lines []string
-		n     int
-	}{
-		{"typical", []string{"websocket"}, 1},
-		{"worst", worst, maxOfferedProtocols},
-	} {
-		b.Run(tc.name, func(b *testing.B) {
-			r := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
-			r.Header = http.Header{"Connection": {"Upgrade"}, "Upgrade": tc.lines}
-			b.ReportAllocs()
-			for b.Loop() {
-				o, err := parseOffer(r)
-				if err != nil || len(o.protocols) != tc.n {
-					b.Fatalf("parseOffer: %d protocols, %v", len(o.protocols), err)
 				}
 			}
 		})

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // The client side of a tunnel: the response guard that holds back an
@@ -69,7 +71,7 @@ func (g *responseGuard) WriteHeader(code int) {
 		return
 	case g.exp.extendedConnect && code >= 200 && code < 300:
 		if g.exp.websocket {
-			if reason := checkWebSocket101(g.exp.clientHeader, g.Header(), false); reason != "" {
+			if reason := protocol.CheckWebSocket101(g.exp.clientHeader, g.Header(), false); reason != "" {
 				g.exp.invalid = reason
 				return
 			}
@@ -142,7 +144,7 @@ func (w guardOutside) Write(p []byte) (int, error) {
 	return w.g.writeFlushed(p)
 }
 
-// SetWriteDeadline bounds the close frame's write (frameGate.write), as a
+// SetWriteDeadline bounds the close frame's write (wsframe.Gate.OutsideWrite), as a
 // net.Conn's does on HTTP/1.1.
 func (w guardOutside) SetWriteDeadline(d time.Time) error {
 	w.g.outsideMu.Lock()
@@ -182,7 +184,7 @@ func (g *responseGuard) FlushError() error {
 // The 101 is written here, on the hijacked connection, rather than by
 // net/http: only after hijacking can the handler see whether the client
 // sent bytes before the 101, which RFC 6455 §4.1 forbids and which would
-// otherwise be forwarded to the backend as tunnel data (SPEC §4).
+// otherwise be forwarded to the backend as tunnel data (docs/behaviour.md §4).
 func (g *responseGuard) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if !g.pending101 {
 		return nil, nil, errBackendInvalid

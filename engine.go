@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/seedf05e/caddy-upgrade/internal/wsframe"
 )
 
 // The copy engine: it moves a tunnel's bytes holding a buffer only while
@@ -291,7 +293,7 @@ func (e *endpoint) await(d time.Duration) (ready bool, err error) {
 type flow struct {
 	events   flowEvents
 	src, dst *endpoint
-	gate     *frameGate
+	gate     *wsframe.Gate
 	upstream bool // client to backend
 	token    uint64
 	armed    atomic.Bool // in the epoll set
@@ -309,7 +311,7 @@ func (f *flow) run(fresh bool) {
 		n, err := f.src.read(*bp, fresh)
 		fresh = false
 		if n > 0 {
-			nw, werr := f.gate.loopWrite(f.dst.conn, (*bp)[:n])
+			nw, werr := f.gate.LoopWrite(f.dst.conn, (*bp)[:n])
 			f.events.carried(nw, f.upstream)
 			if werr == nil && nw != n {
 				werr = io.ErrShortWrite
@@ -357,12 +359,12 @@ func (f *flow) run(fresh bool) {
 // returns nil at a clean EOF so Caddy's copier half-closes the other
 // side. account, if set, counts the bytes where the loop went past the
 // wrapper that would have.
-func pump(w io.Writer, s source, gate *frameGate, account func(int)) (int64, error) {
+func pump(w io.Writer, s source, gate *wsframe.Gate, account func(int)) (int64, error) {
 	var written int64
 	for {
 		bp, n, rerr := s.next()
 		if n > 0 {
-			nw, werr := gate.loopWrite(w, (*bp)[:n])
+			nw, werr := gate.LoopWrite(w, (*bp)[:n])
 			written += int64(nw)
 			if account != nil {
 				account(nw)
@@ -434,7 +436,7 @@ func (f *flow) eof() {
 // stop reports an error; a direction that carried the close frame of a
 // reload is only over.
 func (f *flow) stop(err error) {
-	if errors.Is(err, errCloseFrameSent) {
+	if errors.Is(err, wsframe.ErrCloseFrameSent) {
 		f.done.Store(true)
 	}
 	f.events.flowEnded(f, false, err)

@@ -4,16 +4,18 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strings"
+
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // What an accepted upgrade's answer must look like (docs/behaviour.md §5),
 // shared by the two sides that check it: the transport wrapper on the
 // backend side and the response guard on the client side.
 
-// expectation is what an accepted upgrade's answer must look like (SPEC §5).
-// It travels in the request context from ServeHTTP to the transport wrapper
-// and the response guard, and carries back the reason an answer failed.
+// expectation is what an accepted upgrade's answer must look like
+// (docs/behaviour.md §5). It travels in the request context from ServeHTTP to
+// the transport wrapper and the response guard, and carries back the reason
+// an answer failed.
 type expectation struct {
 	selected        string // the one protocol the backend was asked for
 	websocket       bool
@@ -33,7 +35,7 @@ type expectation struct {
 func (e *expectation) count() {
 	if !e.counted {
 		e.counted = true
-		countRequest(e.label, outcomeAccepted)
+		countRequest(e.label, protocol.OutcomeAccepted)
 	}
 }
 
@@ -48,19 +50,8 @@ func expectationFrom(ctx context.Context) *expectation {
 // checks; ServeHTTP turns it into a 502.
 var errBackendInvalid = errors.New("backend answered the upgrade incorrectly")
 
-// check101 checks a backend's 101 (RFC 9110 §15.2.2, RFC 6455 §4.2.2)
-// against the request that was forwarded. checkAccept is false where
-// Caddy made up the key itself (extended CONNECT) or the answer no longer
-// carries the Accept. It returns "" when the answer passes.
+// check101 checks a backend's 101 against what this expectation asked
+// for (docs/behaviour.md §5); "" when the answer passes.
 func (e *expectation) check101(forwarded, res http.Header, checkAccept bool) string {
-	if !connectionHasToken(res, "upgrade") {
-		return "101 without Connection: upgrade"
-	}
-	if got := res["Upgrade"]; len(got) != 1 || !strings.EqualFold(trimOWS(got[0]), e.selected) {
-		return "101 switches to " + quoteForLog(strings.Join(got, ", ")) + ", not " + quoteForLog(e.selected)
-	}
-	if e.websocket {
-		return checkWebSocket101(forwarded, res, checkAccept)
-	}
-	return ""
+	return protocol.Check101(e.selected, e.websocket, forwarded, res, checkAccept)
 }

@@ -1010,13 +1010,14 @@ func TestH2H3ForeignOrigin(t *testing.T) {
 	}
 }
 
-// The backend refuses: its 403 reaches the client as it is; a 200 that
-// does not switch protocols, or a 101 that fails the checks, becomes 502
-// carrying none of the backend's fields. Delegated to the embedded proxy
-// (/d/...) and policy-only before reverse_proxy (/p/...). Policy-only, the
-// module sees only what reverse_proxy writes, which on HTTP/2-3 has neither
-// the backend's status nor its Accept (SPEC §5 "Where to check"): there
-// only the 403 and the 101 naming another protocol are asserted.
+// The backend refuses: its 403 reaches the client as it is; a 200 that does
+// not switch protocols, or a 101 that fails the checks, becomes 502 carrying
+// none of the backend's fields. Delegated to the embedded proxy (/d/...) and
+// policy-only before reverse_proxy (/p/...). Policy-only, the module sees
+// only what reverse_proxy writes, which on HTTP/2-3 has neither the backend's
+// status nor its Accept (docs/behaviour.md §5, "Where the answer can be
+// checked"): there only the 403 and the 101 naming another protocol are
+// asserted.
 func TestH2H3BackendRefuses(t *testing.T) {
 	backends := map[string]*recordingBackend{
 		"403":        newRecordingBackend(t, answerRefuse(http.StatusForbidden, "X-Backend: refused")),
@@ -1151,13 +1152,13 @@ func TestH2MalformedProtocol(t *testing.T) {
 	}
 }
 
-// One table: each SPEC §3 row (and the handshake refusals that differ by
-// version) over HTTP/1.1, h2, h2c and h3, with the same decision on every
-// version up to what SPEC §3 itself maps: 426 on HTTP/1.1 ↔ 400 on HTTP/2-3
-// (never 426, never an Upgrade field); an offer of nothing allowed is
-// stripped on HTTP/1.1 (426 under require) ↔ 501 for an extended CONNECT,
-// which has nothing to strip and is answered before require; 501 nowhere
-// else; 403 and accepted alike. Refusals never reach the backend.
+// One table: each docs/behaviour.md §3 row (and the handshake refusals that
+// differ by version) over HTTP/1.1, h2, h2c and h3, with the same decision on
+// every version up to what docs/behaviour.md §3 itself maps: 426 on HTTP/1.1
+// ↔ 400 on HTTP/2-3 (never 426, never an Upgrade field); an offer of nothing
+// allowed is stripped on HTTP/1.1 (426 under require) ↔ 501 for an extended
+// CONNECT, which has nothing to strip and is answered before require; 501
+// nowhere else; 403 and accepted alike. Refusals never reach the backend.
 func TestH2H3PolicyTable(t *testing.T) {
 	backend := newRecordingBackend(t, answerEcho())
 	loadH23Routes(t, fmt.Sprintf(`
@@ -1198,7 +1199,7 @@ func TestH2H3PolicyTable(t *testing.T) {
 	}`, backend.Addr()))
 
 	// decision is what the policy does. Where HTTP/1.1 and HTTP/2-3
-	// differ, the difference is SPEC §3's: a 426 cannot be sent on
+	// differ, the difference is docs/behaviour.md §3's: a 426 cannot be sent on
 	// HTTP/2-3 (400 instead), and an extended CONNECT whose :protocol is
 	// not allowed has nothing to strip and gets 501, before require.
 	type decision string

@@ -17,8 +17,9 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/sha1"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,16 +29,17 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/gorilla/websocket"
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
 )
 
 // Addresses of the in-process Caddy. CADDY_UPGRADE_TEST_PORT_OFFSET shifts
@@ -150,7 +152,7 @@ func loadCaddyRaw(t *testing.T, config, configType string) *caddytest.Tester {
 // share the admin address localhost:2999, so two running at once (say `go
 // test -run Offer .` by one person and the full suite by another) would load
 // configs into each other's Caddy.
-var harnessLockPath = fmt.Sprintf("/tmp/caddy-upgrade-caddytest-%d.lock", harnessAdminPort)
+var harnessLockPath = filepath.Join(harnessLockDir, fmt.Sprintf("caddy-upgrade-caddytest-%d.lock", harnessAdminPort))
 
 var (
 	harnessLockOnce sync.Once
@@ -171,11 +173,11 @@ func lockCaddytest(t testing.TB) {
 		deadline := time.Now().Add(5 * time.Minute)
 		logged := false
 		for {
-			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			busy, err := tryLock(f)
 			if err == nil {
 				return // f stays open, and locked, until the process exits
 			}
-			if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			if !busy || time.Now().After(deadline) {
 				f.Close()
 				harnessLockErr = fmt.Errorf("locking %s: %w", harnessLockPath, err)
 				return
@@ -192,14 +194,23 @@ func lockCaddytest(t testing.TB) {
 	}
 }
 
-// requireCaddytestPrerequisites turns caddytest's silent skips into
-// failures: under -short, or when its certificates cannot be found next to
-// its source (a -trimpath build), it would skip every test.
-func requireCaddytestPrerequisites(t *testing.T) {
+// skipEndToEnd skips, under -short, a test that starts Caddy or a browser,
+// so that `go test -short ./...` runs the unit tests on any machine in
+// seconds. make test and CI run without -short and fail on any skip.
+func skipEndToEnd(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
-		t.Fatal("integration tests need a real Caddy and do not run under -short")
+		t.Skip("end-to-end test (starts Caddy or a browser): not run under -short")
 	}
+}
+
+// requireCaddytestPrerequisites turns caddytest's silent skip into a
+// failure: when its certificates cannot be found next to its source (a
+// -trimpath build), it would skip every test. Under -short the test is
+// skipped here, as intended.
+func requireCaddytestPrerequisites(t *testing.T) {
+	t.Helper()
+	skipEndToEnd(t)
 	pc := reflect.ValueOf(caddytest.NewTester).Pointer()
 	file, _ := runtime.FuncForPC(pc).FileLine(pc)
 	dir := filepath.Dir(file)
@@ -328,6 +339,42 @@ func serveRaw(t testing.TB, handle func(c net.Conn, id int)) net.Listener {
 		wg.Wait()
 	})
 	return ln
+}
+
+// greeting is what switchBackend sends right behind its 101, in the same
+// write, so that Caddy's transport reads it together with the 101.
+const greeting = "hello from the backend\n"
+
+// switchBackend answers every request with a 101 to the protocol asked
+// for (with the WebSocket Accept when there is a key), the greeting in
+// the same write, and then echoes every byte. It holds no buffer per
+// tunnel beyond its reader, so that heap figures show the proxy's.
+type switchBackend struct {
+	ln net.Listener
+}
+
+func newSwitchBackend(t testing.TB) *switchBackend {
+	t.Helper()
+	return &switchBackend{ln: serveRaw(t, func(c net.Conn, _ int) { handle101(c) })}
+}
+
+func (b *switchBackend) addr() string { return b.ln.Addr().String() }
+
+func handle101(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReaderSize(c, 512)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	head := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + req.Header.Get("Upgrade") + "\r\n"
+	if key := req.Header.Get("Sec-WebSocket-Key"); key != "" {
+		head += "Sec-WebSocket-Accept: " + audit.AcceptFor(key) + "\r\n"
+	}
+	if _, err := io.WriteString(c, head+"\r\n"+greeting); err != nil {
+		return
+	}
+	io.Copy(c, br)
 }
 
 // Addr is the backend's host:port.
@@ -476,17 +523,7 @@ func (l *lockedBuffer) Bytes() []byte {
 // isUpgradeRequest reports whether a request, as the backend got it, asks
 // to upgrade (Connection: upgrade and an Upgrade field).
 func isUpgradeRequest(r *http.Request) bool {
-	if len(r.Header["Upgrade"]) == 0 {
-		return false
-	}
-	for _, v := range r.Header["Connection"] {
-		for _, e := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(e), "upgrade") {
-				return true
-			}
-		}
-	}
-	return false
+	return len(r.Header["Upgrade"]) > 0 && slices.Contains(connectionTokens(r.Header), "upgrade")
 }
 
 // plainAnswer writes the default answer to a request that is not an
@@ -555,7 +592,7 @@ func answerSwitch(echo bool, lines ...string) backendAnswer {
 		rec.closed = make(chan struct{})
 
 		key := r.Header.Get("Sec-WebSocket-Key")
-		exp := strings.NewReplacer("{upgrade}", r.Header.Get("Upgrade"), "{accept}", websocketAcceptFor(key), "{key}", key)
+		exp := strings.NewReplacer("{upgrade}", r.Header.Get("Upgrade"), "{accept}", audit.AcceptFor(key), "{key}", key)
 		var head strings.Builder
 		head.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
 		for _, l := range lines {
@@ -628,13 +665,6 @@ func answerStatus(status int, body string) backendAnswer {
 
 // ---------------------------------------------------------------------------
 // WebSocket helpers
-
-// websocketAcceptFor is RFC 6455 §4.2.2's Sec-WebSocket-Accept for key,
-// computed here independently of the module.
-func websocketAcceptFor(key string) string {
-	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	return base64.StdEncoding.EncodeToString(sum[:])
-}
 
 // newWebSocketKey is a fresh random Sec-WebSocket-Key.
 func newWebSocketKey() string {
@@ -758,6 +788,107 @@ func dialRawAddr(t testing.TB, addr string) *rawClient {
 	return &rawClient{t: t, Conn: c, R: bufio.NewReader(c)}
 }
 
+// dialTLSRaw connects to Caddy's HTTPS site over TLS with HTTP/1.1.
+func dialTLSRaw(t testing.TB) *rawClient {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: harnessIO}, "tcp", h23HTTPSAddr, &tls.Config{
+		ServerName: "localhost", InsecureSkipVerify: true, NextProtos: []string{"http/1.1"},
+	})
+	if err != nil {
+		t.Fatalf("dial %s over TLS: %v", h23HTTPSAddr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawClient{t: t, Conn: c, R: bufio.NewReader(c)}
+}
+
+// openFoo opens a foo tunnel on c and reads the backend's greeting.
+func openFoo(t testing.TB, c *rawClient, path string) *rawClient {
+	t.Helper()
+	req := rawRequest("GET", path, "Connection: Upgrade", "Upgrade: foo")
+	if _, ok := c.Conn.(*tls.Conn); ok {
+		req = strings.Replace(req, "Host: "+harnessAddr, "Host: "+h23Authority, 1)
+	}
+	requireStatus(t, c.Do(req), http.StatusSwitchingProtocols)
+	got := make([]byte, len(greeting))
+	c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != greeting {
+		t.Fatalf("greeting sent with the 101: got %q, %v", got, err)
+	}
+	return c
+}
+
+// echoCheck sends n random bytes through c and wants them back.
+func echoCheck(t testing.TB, c *rawClient, n int) {
+	t.Helper()
+	want := make([]byte, n)
+	rand.Read(want)
+	errc := make(chan error, 1)
+	go func() {
+		c.Conn.SetWriteDeadline(time.Now().Add(harnessIO))
+		_, err := c.Conn.Write(want)
+		errc <- err
+	}()
+	got := make([]byte, n)
+	c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	if _, err := io.ReadFull(c.R, got); err != nil {
+		t.Fatalf("echo of %d bytes: %v", n, err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("echo write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("echo of %d bytes came back changed", n)
+	}
+}
+
+// goroutinesWith counts the goroutines whose stack mentions any of frames.
+func goroutinesWith(frames ...string) int {
+	buf := make([]byte, 1<<24)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		for _, f := range frames {
+			if bytes.Contains(g, []byte(f)) {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// The frames of a goroutine that holds a request: net/http's connection
+// goroutine serving through Caddy's handler chain, and Caddy's tunnel.
+var handlerFrames = []string{
+	"caddyhttp.(*Server).ServeHTTP",
+	"reverseproxy.(*Handler).handleUpgradeResponse",
+	"reverseproxy.switchProtocolCopier",
+}
+
+// adminUpstreamRequests reads num_requests per upstream from the admin API.
+func adminUpstreamRequests(t *testing.T) map[string]int {
+	t.Helper()
+	res, err := http.Get("http://" + harnessAdmin + "/reverse_proxy/upstreams")
+	if err != nil {
+		t.Fatalf("admin API: %v", err)
+	}
+	defer res.Body.Close()
+	var ups []struct {
+		Address     string `json:"address"`
+		NumRequests int    `json:"num_requests"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&ups); err != nil {
+		t.Fatalf("admin API /reverse_proxy/upstreams: %v", err)
+	}
+	out := map[string]int{}
+	for _, u := range ups {
+		out[u.Address] = u.NumRequests
+	}
+	return out
+}
+
 // Send writes s as is.
 func (c *rawClient) Send(s string) {
 	c.t.Helper()
@@ -858,7 +989,7 @@ func TestHarnessRecordingBackend(t *testing.T) {
 		req, key := wsHandshake("/n")
 		res := c.Do(req)
 		requireStatus(t, res, http.StatusSwitchingProtocols)
-		if res.Header.Get("Upgrade") != "websocket" || res.Header.Get("Sec-WebSocket-Accept") != websocketAcceptFor(key) {
+		if res.Header.Get("Upgrade") != "websocket" || res.Header.Get("Sec-WebSocket-Accept") != audit.AcceptFor(key) {
 			t.Fatalf("naive 101 headers %v", res.Header)
 		}
 		c.Send("tunnel bytes")

@@ -15,6 +15,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/gorilla/websocket"
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // site wraps directives into the plain-HTTP site block on the harness port.
@@ -38,12 +40,8 @@ func checkForwardedUpgrade(t *testing.T, rec *recordedRequest, want string) {
 // connectionTokens lists the Connection options of a header, lower-cased.
 func connectionTokens(h http.Header) []string {
 	var out []string
-	for _, v := range h["Connection"] {
-		for _, e := range strings.Split(v, ",") {
-			if e = strings.TrimSpace(e); e != "" {
-				out = append(out, strings.ToLower(e))
-			}
-		}
+	for e := range protocol.ListElements(h["Connection"]) {
+		out = append(out, strings.ToLower(e))
 	}
 	return out
 }
@@ -297,7 +295,7 @@ func TestIntegrationBackendBad101(t *testing.T) {
 	h2c := newRecordingBackend(t, answerSwitch(false, "Connection: Upgrade", "Upgrade: h2c", "Sec-WebSocket-Accept: {accept}"))
 	noConn := newRecordingBackend(t, answerSwitch(false, "Upgrade: websocket", "Sec-WebSocket-Accept: {accept}"))
 	badAccept := newRecordingBackend(t, answerSwitch(false, "Connection: Upgrade", "Upgrade: websocket",
-		"Sec-WebSocket-Accept: "+websocketAcceptFor("not the key")))
+		"Sec-WebSocket-Accept: "+audit.AcceptFor("not the key")))
 	noAccept := newRecordingBackend(t, answerSwitch(false, "Connection: Upgrade", "Upgrade: websocket"))
 	loadCaddyfile(t, site(fmt.Sprintf(`
 	handle /proxy/h2c/* {

@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 func init() {
@@ -57,7 +58,7 @@ func (m MatchUpgrade) Validate() error {
 		return fmt.Errorf("upgrade matcher: at least one protocol is required")
 	}
 	for _, s := range m {
-		if _, ok := parseProtocol(s); !ok {
+		if _, ok := protocol.ParseProtocol(s); !ok {
 			return fmt.Errorf("upgrade matcher: %q is not a protocol (token or token/token)", s)
 		}
 	}
@@ -74,17 +75,17 @@ func (m MatchUpgrade) Match(r *http.Request) bool {
 // offer is no match rather than an error, so that the handler can answer
 // it with its 400.
 func (m MatchUpgrade) MatchWithError(r *http.Request) (bool, error) {
-	o, err := parseOffer(r)
-	if err != nil || !o.present() {
+	o, err := protocol.ParseOffer(r)
+	if err != nil || !o.Present() {
 		return false, nil
 	}
 	for _, s := range m {
-		entry, ok := parseProtocol(s)
+		entry, ok := protocol.ParseProtocol(s)
 		if !ok {
 			continue
 		}
-		for _, offered := range o.protocols {
-			if entry.matches(offered) {
+		for _, offered := range o.Protocols {
+			if entry.Matches(offered) {
 				return true, nil
 			}
 		}

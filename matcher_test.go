@@ -1,8 +1,8 @@
 package upgrade
 
-// Tests of the `upgrade` request matcher (SPEC §8): unit tests over built
-// requests, Validate, Caddyfile unmarshalling, and routing inside Caddy,
-// as a named matcher and as a CEL expression.
+// Tests of the `upgrade` request matcher (docs/behaviour.md §8): unit tests
+// over built requests, Validate, Caddyfile unmarshalling, and routing inside
+// Caddy, as a named matcher and as a CEL expression.
 
 import (
 	"encoding/json"
@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol/protocoltest"
 )
 
 // matcherHeader builds a header from "Name: value" lines, each kept as its own
@@ -30,15 +31,15 @@ func matcherHeader(lines ...string) http.Header {
 
 func TestMatcherMatchWithError(t *testing.T) {
 	h2 := func(method, proto string) *http.Request {
-		r := offerRequest(method, 2, 0, http.Header{":protocol": {proto}})
+		r := protocoltest.Request(method, 2, 0, http.Header{":protocol": {proto}})
 		return r
 	}
 	h3 := func(method, proto string) *http.Request {
-		r := offerRequest(method, 3, 0, nil)
+		r := protocoltest.Request(method, 3, 0, nil)
 		r.Proto = proto
 		return r
 	}
-	h1 := func(lines ...string) *http.Request { return offerRequest("GET", 1, 1, matcherHeader(lines...)) }
+	h1 := func(lines ...string) *http.Request { return protocoltest.Request("GET", 1, 1, matcherHeader(lines...)) }
 	tests := []struct {
 		name    string
 		matcher MatchUpgrade
@@ -57,7 +58,7 @@ func TestMatcherMatchWithError(t *testing.T) {
 		{"Upgrade without Connection", MatchUpgrade{"websocket"}, h1("Upgrade: websocket"), false},
 		{"Connection without the upgrade token", MatchUpgrade{"websocket"}, h1("Connection: keep-alive", "Upgrade: websocket"), false},
 		{"Connection: upgrade without Upgrade", MatchUpgrade{"websocket"}, h1("Connection: Upgrade"), false},
-		{"HTTP/1.0", MatchUpgrade{"websocket"}, offerRequest("GET", 1, 0, matcherHeader("Connection: Upgrade", "Upgrade: websocket")), false},
+		{"HTTP/1.0", MatchUpgrade{"websocket"}, protocoltest.Request("GET", 1, 0, matcherHeader("Connection: Upgrade", "Upgrade: websocket")), false},
 		// name and version rules
 		{"name case-insensitive (offer)", MatchUpgrade{"websocket"}, h1("Connection: Upgrade", "Upgrade: WebSocket"), true},
 		{"name case-insensitive (matcher)", MatchUpgrade{"WEBSOCKET"}, h1("Connection: Upgrade", "Upgrade: websocket"), true},
@@ -73,7 +74,7 @@ func TestMatcherMatchWithError(t *testing.T) {
 		// malformed offers are no match (the handler answers them)
 		{"malformed element", MatchUpgrade{"websocket"}, h1("Connection: Upgrade", "Upgrade: websocket, foo@1"), false},
 		{"folded line", MatchUpgrade{"websocket"}, h1("Connection: Upgrade", "Upgrade: h2c websocket"), false},
-		{"17 protocols", MatchUpgrade{"websocket"}, h1("Connection: Upgrade", "Upgrade: "+numberedProtocols(16)+", websocket"), false},
+		{"17 protocols", MatchUpgrade{"websocket"}, h1("Connection: Upgrade", "Upgrade: "+protocoltest.NumberedProtocols(16)+", websocket"), false},
 		{"Connection names Sec-WebSocket-Key", MatchUpgrade{"websocket"}, h1("Connection: Upgrade, Sec-WebSocket-Key", "Upgrade: websocket"), false},
 		// extended CONNECT
 		{"h2 :protocol", MatchUpgrade{"websocket"}, h2("CONNECT", "websocket"), true},
@@ -84,8 +85,8 @@ func TestMatcherMatchWithError(t *testing.T) {
 		{"h2 :protocol on GET", MatchUpgrade{"websocket"}, h2("GET", "websocket"), false},
 		{"h2 :protocol not a token", MatchUpgrade{"websocket"}, h2("CONNECT", "web socket"), false},
 		{"h2 :protocol with a slash", MatchUpgrade{"foo"}, h2("CONNECT", "foo/2"), false},
-		{"h2 plain CONNECT", MatchUpgrade{"websocket"}, offerRequest("CONNECT", 2, 0, nil), false},
-		{"h2 stray Upgrade header", MatchUpgrade{"websocket"}, offerRequest("GET", 2, 0, matcherHeader("Connection: Upgrade", "Upgrade: websocket")), false},
+		{"h2 plain CONNECT", MatchUpgrade{"websocket"}, protocoltest.Request("CONNECT", 2, 0, nil), false},
+		{"h2 stray Upgrade header", MatchUpgrade{"websocket"}, protocoltest.Request("GET", 2, 0, matcherHeader("Connection: Upgrade", "Upgrade: websocket")), false},
 		{"h3 extended CONNECT", MatchUpgrade{"websocket"}, h3("CONNECT", "websocket"), true},
 		{"h3 plain CONNECT", MatchUpgrade{"websocket"}, h3("CONNECT", "HTTP/3.0"), false},
 	}
@@ -230,7 +231,7 @@ func TestMatcherLoadedByCaddy(t *testing.T) {
 	if !ok {
 		t.Fatalf("%T is not a RequestMatcherWithError", mod)
 	}
-	got, err := m.MatchWithError(offerRequest("GET", 1, 1, matcherHeader("Connection: Upgrade", "Upgrade: websocket")))
+	got, err := m.MatchWithError(protocoltest.Request("GET", 1, 1, matcherHeader("Connection: Upgrade", "Upgrade: websocket")))
 	if err != nil || !got {
 		t.Fatalf("loaded matcher: %v, %v; want a match", got, err)
 	}

@@ -2,10 +2,10 @@ package upgrade
 
 import (
 	"errors"
-	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // The collectors live for the process: Caddy makes a new registry for each
@@ -51,24 +51,8 @@ func registerMetrics(registry *prometheus.Registry) error {
 	return nil
 }
 
-// protocolLabel bounds the protocol label to the configured names: the
-// first offered name the route lists, lower-cased, or "other".
-func (p *policy) protocolLabel(o offer) string {
-	for _, offered := range o.protocols {
-		for i, allowed := range p.allowed {
-			if strings.EqualFold(allowed.name, offered.name) {
-				return p.labels[i]
-			}
-		}
-	}
-	return labelOther
-}
-
-// labelOther is the metric label of an offer naming no configured protocol.
-const labelOther = "other"
-
 // countRequest records a request with an offer once, with its final outcome.
-func countRequest(label string, out outcome) {
+func countRequest(label string, out protocol.Outcome) {
 	upgradeMetrics.requests.WithLabelValues(label, out.String()).Inc()
 }
 

@@ -1,8 +1,8 @@
 package upgrade
 
-// Metrics as Caddy serves them (SPEC §7): the admin API's /metrics,
-// scraped before and after a known mix of requests. The collectors are
-// process-global, so every assertion is on a delta between two scrapes.
+// Metrics as Caddy serves them (docs/behaviour.md §7): the admin API's
+// /metrics, scraped before and after a known mix of requests. The collectors
+// are process-global, so every assertion is on a delta between two scrapes.
 
 import (
 	"bufio"

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 	"go.uber.org/zap"
 )
 
@@ -76,7 +77,7 @@ type Handler struct {
 	// usually followed by `reverse_proxy`).
 	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
 
-	policy    policy
+	policy    protocol.Policy
 	proxy     caddyhttp.MiddlewareHandler
 	logger    *zap.Logger
 	tunnels   *tunnelLimit
@@ -114,13 +115,13 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision builds the policy from the config and loads the embedded proxy.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.policy = policy{require: h.Require, reject: h.OnDisallowed == onDisallowedReject}
+	var allowed []protocol.Protocol
 	for _, s := range h.Protocols {
-		if p, ok := parseProtocol(s); ok {
-			h.policy.allowed = append(h.policy.allowed, p)
-			h.policy.labels = append(h.policy.labels, strings.ToLower(p.name))
+		if p, ok := protocol.ParseProtocol(s); ok {
+			allowed = append(allowed, p)
 		}
 	}
+	h.policy = protocol.NewPolicy(allowed, h.Require, h.OnDisallowed == onDisallowedReject)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
@@ -208,27 +209,28 @@ func (h *Handler) Validate() error {
 // everything s admits or the reverse (the same name with the same version,
 // or either without one), or -1. `foo/1` and `foo/2` may stand together.
 func overlapping(list []string, s string) int {
-	p, _ := parseProtocol(s)
+	p, _ := protocol.ParseProtocol(s)
 	for i, other := range list {
-		o, _ := parseProtocol(other)
-		if strings.EqualFold(o.name, p.name) && (o.version == p.version || o.version == "" || p.version == "") {
+		o, _ := protocol.ParseProtocol(other)
+		if strings.EqualFold(o.Name, p.Name) && (o.Version == p.Version || o.Version == "" || p.Version == "") {
 			return i
 		}
 	}
 	return -1
 }
 
-// validateProtocol refuses what SPEC §6 refuses in the protocols list.
+// validateProtocol refuses what docs/behaviour.md §6 refuses in the protocols
+// list.
 func validateProtocol(s string) error {
-	p, ok := parseProtocol(s)
+	p, ok := protocol.ParseProtocol(s)
 	if !ok {
 		return fmt.Errorf("%q is not a protocol (token or token/token)", s)
 	}
-	switch strings.ToLower(p.name) {
+	switch strings.ToLower(p.Name) {
 	case "h2c", "http":
 		return fmt.Errorf("%q is refused: an upgrade to HTTP hands the client a raw connection to the backend past every route, matcher and authentication (h2c smuggling)", s)
 	case "websocket":
-		if p.version != "" {
+		if p.Version != "" {
 			return fmt.Errorf("%q: websocket takes no version (RFC 6455 versions travel in Sec-WebSocket-Version)", s)
 		}
 	}

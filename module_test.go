@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // provisionHandler provisions h in a bare context, as Caddy's own module
@@ -246,7 +247,8 @@ func TestValidateProxy(t *testing.T) {
 			if !ok {
 				t.Fatalf("proxy = %T; want *reverseproxy.Handler", h.proxy)
 			}
-			// The backend's answer is checked on the raw response (SPEC §5).
+			// The backend's answer is checked on the raw response
+			// (docs/behaviour.md §5).
 			if _, ok := rp.Transport.(*guardedTransport); !ok {
 				t.Errorf("proxy transport = %T; want it wrapped", rp.Transport)
 			}
@@ -275,7 +277,7 @@ func TestValidateProxyInHTTPApp(t *testing.T) {
 	}
 }
 
-// specExample is the JSON config of SPEC §6.
+// specExample is the JSON config of docs/behaviour.md §6.
 const specExample = `{
   "handler": "upgrade",
   "protocols": ["websocket", "foo/2"],
@@ -291,7 +293,7 @@ const specExample = `{
 func TestJSONRoundTrip(t *testing.T) {
 	var h Handler
 	if err := json.Unmarshal([]byte(specExample), &h); err != nil {
-		t.Fatalf("unmarshal SPEC example: %v", err)
+		t.Fatalf("unmarshal the docs/behaviour.md §6 example: %v", err)
 	}
 	want := Handler{
 		Protocols:    []string{"websocket", "foo/2"},
@@ -310,8 +312,8 @@ func TestJSONRoundTrip(t *testing.T) {
 	h.ProxyRaw = gotProxy
 
 	// Marshalled as Caddy does for a handler (with its "handler" key), the
-	// config is the SPEC example without its zero values; durations come
-	// back as nanoseconds, which Caddy reads as well.
+	// config is the docs/behaviour.md §6 example without its zero values;
+	// durations come back as nanoseconds, which Caddy reads as well.
 	out := caddyconfig.JSONModuleObject(h, "handler", "upgrade", nil)
 	wantOut := `{
 	  "handler": "upgrade",
@@ -338,8 +340,9 @@ func TestJSONRoundTrip(t *testing.T) {
 		t.Errorf("after round trip %+v; want %+v", h2, h)
 	}
 
-	// The SPEC example is a valid config. (Caddy strips the "handler" key
-	// before decoding a handler's config; LoadModuleByID does not.)
+	// The docs/behaviour.md §6 example is a valid config. (Caddy strips the
+	// "handler" key before decoding a handler's config; LoadModuleByID does
+	// not.)
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(specExample), &m); err != nil {
 		t.Fatal(err)
@@ -350,7 +353,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := loadHandler(t, string(raw)); err != nil {
-		t.Errorf("loading the SPEC §6 example: %v", err)
+		t.Errorf("loading the docs/behaviour.md §6 example: %v", err)
 	}
 }
 
@@ -365,4 +368,32 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 		t.Fatalf("bad JSON %s: %v", b, err)
 	}
 	return reflect.DeepEqual(va, vb)
+}
+
+// TestPolicyFromProvision checks that Provision builds the policy the
+// table expects from the JSON fields.
+func TestPolicyFromProvision(t *testing.T) {
+	tests := []struct {
+		h           Handler
+		wantRequire bool
+		wantReject  bool
+		wantList    string
+	}{
+		{Handler{Protocols: []string{"websocket", "foo/2"}}, false, false, "websocket, foo/2"},
+		{Handler{Protocols: []string{"websocket"}, Require: true}, true, false, "websocket"},
+		{Handler{Protocols: []string{"websocket"}, OnDisallowed: "reject"}, false, true, "websocket"},
+		{Handler{Protocols: []string{"websocket"}, OnDisallowed: "ignore"}, false, false, "websocket"},
+	}
+	for _, tc := range tests {
+		h := tc.h
+		provisionHandler(t, &h)
+		// require shows in the answer to no offer, on_disallowed in the
+		// answer to an offer of nothing allowed.
+		require := h.policy.Decide(protocol.Offer{}, 1).Outcome == protocol.OutcomeRequired
+		reject := h.policy.Decide(protocol.Offer{Protocols: []protocol.Protocol{{Name: "bar"}}}, 1).Outcome == protocol.OutcomeRejected
+		if require != tc.wantRequire || reject != tc.wantReject || h.policy.RequiredList() != tc.wantList {
+			t.Errorf("%+v: policy = require %v reject %v list %q; want %v %v %q", tc.h,
+				require, reject, h.policy.RequiredList(), tc.wantRequire, tc.wantReject, tc.wantList)
+		}
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
 )
 
 // newRecordingBackendOn is newRecordingBackend on a chosen address (to
@@ -247,9 +248,9 @@ func TestOpsMaxConnectionsUnderLoad(t *testing.T) {
 	t.Logf("%d tunnels, %d refusals", accepted, refused)
 }
 
-// 1b. A slot is freed when the request ends without a tunnel (SPEC §5):
-// backend refusals, a dead backend, a refused 101 and a client that did
-// not wait for the 101 never use up max_connections 1.
+// 1b. A slot is freed when the request ends without a tunnel
+// (docs/behaviour.md §5): backend refusals, a dead backend, a refused 101 and
+// a client that did not wait for the 101 never use up max_connections 1.
 func TestOpsLimitFreedWithoutTunnel(t *testing.T) {
 	refuser := newRecordingBackend(t, answerRefuse(http.StatusForbidden))
 	bad := newRecordingBackend(t, answerSwitch(false, "Connection: Upgrade", "Upgrade: websocket",
@@ -385,7 +386,7 @@ func (b *rawSwitchBackend) serve(c net.Conn) {
 	}
 	head := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + req.Header.Get("Upgrade") + "\r\n"
 	if key := req.Header.Get("Sec-WebSocket-Key"); key != "" {
-		head += "Sec-WebSocket-Accept: " + websocketAcceptFor(key) + "\r\n"
+		head += "Sec-WebSocket-Accept: " + audit.AcceptFor(key) + "\r\n"
 	}
 	if _, err := io.WriteString(c, head+"\r\n"); err != nil {
 		c.Close()
@@ -957,7 +958,7 @@ func TestOpsAccessLogPlaceholders(t *testing.T) {
 			t.Errorf("%s: upgrade_protocol %#v, want %q", uri, e.UpgradeProto, w.protocol)
 		}
 		if e.UpgradeOffered != w.offered {
-			t.Errorf("%s: upgrade_offered %#v, want %q (SPEC §7: the offer as received)", uri, e.UpgradeOffered, w.offered)
+			t.Errorf("%s: upgrade_offered %#v, want %q (docs/behaviour.md §7: the offer as received)", uri, e.UpgradeOffered, w.offered)
 		}
 	}
 	if t.Failed() {

@@ -6,9 +6,10 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
-// Placeholders set for every request this handler sees (SPEC §7).
+// Placeholders set for every request this handler sees (docs/behaviour.md §7).
 const (
 	placeholderOffered  = "http.upgrade.offered"
 	placeholderProtocol = "http.upgrade.protocol"
@@ -39,9 +40,9 @@ const (
 //
 // The replacer asks its static values (Set) first, then its providers in
 // the order they were added; the first that knows a key answers. For the
-// latest publication on a request to win, as SPEC §7 wants, a request
-// with an offer gets one *placeholderState, registered once and found
-// again through keyState, which each later publication updates:
+// latest publication on a request to win, as docs/behaviour.md §7 wants, a
+// request with an offer gets one *placeholderState, registered once and
+// found again through keyState, which each later publication updates:
 //   - offer, then no offer (a first upgrade handler stripped the offer, a
 //     later one sees none): the state remembers whether noOfferProvider
 //     was registered at its latest publication; once it is, the state
@@ -54,6 +55,16 @@ const (
 // request, which only a handler adding an Upgrade offer between two
 // upgrade handlers could produce: the offer's values stay.
 
+// outcomeValues holds the names already boxed as interface values: setting
+// a placeholder from one then costs no allocation, which matters on the
+// path of every request without an offer.
+var outcomeValues = func() (v [protocol.NumOutcomes]any) {
+	for i := range v {
+		v[i] = protocol.Outcome(i).String()
+	}
+	return v
+}()
+
 // noOfferProvider answers the placeholders of a request without an offer.
 // A func without captures: converting it to a provider allocates nothing.
 var noOfferProvider = caddy.ReplacerFunc(noOfferValues)
@@ -63,7 +74,7 @@ func noOfferValues(key string) (any, bool) {
 	case placeholderOffered, placeholderProtocol:
 		return "", true
 	case placeholderOutcome:
-		return outcomeValues[outcomeNone], true
+		return outcomeValues[protocol.OutcomeNone], true
 	case keyNoOffer:
 		return true, true
 	}
@@ -82,7 +93,7 @@ type placeholderState struct {
 
 	mu                sync.Mutex
 	offered, protocol string // boxed when read: most requests never read them
-	outcome           outcome
+	outcome           protocol.Outcome
 	// noOfferBefore: noOfferProvider was registered at the latest publication.
 	noOfferBefore bool
 }
@@ -120,18 +131,18 @@ func stateOf(repl *caddy.Replacer) *placeholderState {
 // setPlaceholders publishes the offer and the verdict; outcome is updated
 // again if the answer later fails (backend_invalid). A malformed offer
 // (present false) is still published as received, for the access log.
-func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict, malformed bool) {
-	if v.outcome == outcomeNone {
+func setPlaceholders(repl *caddy.Replacer, r *http.Request, o protocol.Offer, v protocol.Verdict, malformed bool) {
+	if v.Outcome == protocol.OutcomeNone {
 		repl.Map(noOfferProvider)
 		return
 	}
 	offered := ""
-	if o.present() || malformed {
+	if o.Present() || malformed {
 		offered = offeredAsReceived(r)
 	}
 	selected := ""
-	if v.outcome == outcomeAccepted {
-		selected = v.selected.String()
+	if v.Outcome == protocol.OutcomeAccepted {
+		selected = v.Selected.String()
 	}
 	noOffer := hasNoOffer(repl)
 	s := stateOf(repl)
@@ -139,20 +150,20 @@ func setPlaceholders(repl *caddy.Replacer, r *http.Request, o offer, v verdict, 
 		if noOffer {
 			repl.Set(placeholderOffered, offered)
 			repl.Set(placeholderProtocol, selected)
-			repl.Set(placeholderOutcome, outcomeValues[v.outcome])
+			repl.Set(placeholderOutcome, outcomeValues[v.Outcome])
 			return
 		}
 		s = &placeholderState{repl: repl}
 		repl.Map(s.lookup)
 	}
 	s.mu.Lock()
-	s.offered, s.protocol, s.outcome, s.noOfferBefore = offered, selected, v.outcome, noOffer
+	s.offered, s.protocol, s.outcome, s.noOfferBefore = offered, selected, v.Outcome, noOffer
 	s.mu.Unlock()
 }
 
 // setOutcome publishes a later outcome of the request setPlaceholders
 // published.
-func setOutcome(repl *caddy.Replacer, out outcome) {
+func setOutcome(repl *caddy.Replacer, out protocol.Outcome) {
 	noOffer := hasNoOffer(repl)
 	if s := stateOf(repl); s != nil {
 		s.mu.Lock()

@@ -51,7 +51,7 @@ func placeholderRequest(t *testing.T, proto int, header http.Header) (*http.Requ
 }
 
 // TestPlaceholdersNoOffer: a request without an offer reads none, on the
-// HTTP/1 shortcut and on the general path (SPEC §7).
+// HTTP/1 shortcut and on the general path (docs/behaviour.md §7).
 func TestPlaceholdersNoOffer(t *testing.T) {
 	h := placeholderHandler(t, &Handler{Protocols: []string{"websocket"}})
 	for _, tc := range []struct {

@@ -6,12 +6,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 	"go.uber.org/zap"
 )
 
 // refusal is an answer the handler gives instead of passing the request on.
 type refusal struct {
-	outcome outcome
+	outcome protocol.Outcome
 	status  int
 	reason  string
 	// required lists the protocols a 426 (or its HTTP/2-3 400) names.
@@ -23,15 +24,15 @@ type refusal struct {
 }
 
 // policyRefusal is the refusal for a policy verdict that is not accepted.
-func (h *Handler) policyRefusal(v verdict) refusal {
-	ref := refusal{outcome: v.outcome, status: v.status}
-	switch v.outcome {
-	case outcomeRejected:
+func (h *Handler) policyRefusal(v protocol.Verdict) refusal {
+	ref := refusal{outcome: v.Outcome, status: v.Status}
+	switch v.Outcome {
+	case protocol.OutcomeRejected:
 		ref.reason = "upgrade to a protocol this route does not allow"
-	case outcomeUnsupported:
+	case protocol.OutcomeUnsupported:
 		ref.reason = "extended CONNECT :protocol not allowed on this route"
-	case outcomeRequired:
-		ref.required = h.policy.requiredList()
+	case protocol.OutcomeRequired:
+		ref.required = h.policy.RequiredList()
 		ref.reason = "upgrade required: " + ref.required
 	}
 	return ref

@@ -1,11 +1,11 @@
 package upgrade
 
-// Config reloads with WebSocket tunnels open (issue 9). When a reload ends
+// Config reloads with WebSocket tunnels open. When a reload ends
 // a handler, Caddy's reverse proxy writes a close frame (1001) into both
 // sides of every tunnel from another goroutine than the copies, and then
 // closes them; a copy in the middle of a frame gets that close frame in the
 // middle of its frame. The clients here read the raw TCP stream and parse
-// it with wsframe_test.go's reference parser, so a corrupted stream cannot
+// it with package wsframetest's reference parser, so a corrupted stream cannot
 // hide behind a WebSocket library, and every payload byte is checked.
 //
 // The backend writes each large message in two writes a tick apart, as a
@@ -17,7 +17,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -34,6 +33,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go/http3"
+	"github.com/seedf05e/caddy-upgrade/internal/audit"
+	"github.com/seedf05e/caddy-upgrade/internal/wsframe/wsframetest"
 	"golang.org/x/net/http2"
 )
 
@@ -113,9 +114,8 @@ func (b *rlBackend) serve(c net.Conn, id int) {
 	if err != nil {
 		return
 	}
-	sum := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	if _, err := fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-		base64.StdEncoding.EncodeToString(sum[:])); err != nil {
+		audit.AcceptFor(req.Header.Get("Sec-WebSocket-Key"))); err != nil {
 		return
 	}
 	// Whatever comes back (Caddy's own close frame on a reload) is read
@@ -138,11 +138,11 @@ func (b *rlBackend) serve(c net.Conn, id int) {
 		buf := rest
 		rest = nil
 		for range 1 + rng.IntN(4) {
-			buf = wfAppend(buf, true, 0x2, false, rlPayload(seq, 16+rng.IntN(49)))
+			buf = wsframetest.Append(buf, true, 0x2, false, rlPayload(seq, 16+rng.IntN(49)))
 			seq++
 		}
 		if rng.IntN(4) == 0 {
-			f := wfAppend(nil, true, 0x2, false, rlPayload(seq, 32<<10+rng.IntN(32<<10+1)))
+			f := wsframetest.Append(nil, true, 0x2, false, rlPayload(seq, 32<<10+rng.IntN(32<<10+1)))
 			seq++
 			cut := 1 + rng.IntN(len(f)-1)
 			if flood {
@@ -272,9 +272,9 @@ func (c *rlClient) read() {
 		n, err := c.br.Read(buf)
 		if c.corrupt == "" {
 			pending = append(pending, buf[:n]...)
-			frames, rest := wfParse(pending)
+			frames, rest := wsframetest.Parse(pending)
 			for _, f := range frames {
-				if c.checkFrame(pending[f.start], f); c.corrupt != "" {
+				if c.checkFrame(pending[f.Start], f); c.corrupt != "" {
 					break
 				}
 			}
@@ -309,27 +309,27 @@ func (c *rlClient) read() {
 }
 
 // checkFrame checks one complete frame; b0 is its first byte.
-func (c *rlClient) checkFrame(b0 byte, f wfFrame) {
+func (c *rlClient) checkFrame(b0 byte, f wsframetest.Frame) {
 	switch {
 	case c.closeSeen:
-		c.corrupt = fmt.Sprintf("frame (opcode %#x) after the close frame", f.opcode)
+		c.corrupt = fmt.Sprintf("frame (opcode %#x) after the close frame", f.Opcode)
 	case b0&0x70 != 0:
 		c.corrupt = fmt.Sprintf("RSV bits in %#x", b0)
-	case f.masked:
+	case f.Masked:
 		c.corrupt = "masked frame toward the client"
-	case f.opcode == 0x8:
-		if len(f.payload) != 2 || binary.BigEndian.Uint16(f.payload) != 1001 {
-			c.corrupt = fmt.Sprintf("close frame with payload %x", f.payload)
+	case f.Opcode == 0x8:
+		if len(f.Payload) != 2 || binary.BigEndian.Uint16(f.Payload) != 1001 {
+			c.corrupt = fmt.Sprintf("close frame with payload %x", f.Payload)
 		}
 		c.closeSeen = true
-	case f.opcode == 0x2 && f.fin:
-		if len(f.payload) < 16 || len(f.payload) > 64<<10 || !rlPayloadOK(c.nextSeq, f.payload) {
-			c.corrupt = fmt.Sprintf("data frame %d (%d bytes) is not the one sent", c.nextSeq, len(f.payload))
+	case f.Opcode == 0x2 && f.Fin:
+		if len(f.Payload) < 16 || len(f.Payload) > 64<<10 || !rlPayloadOK(c.nextSeq, f.Payload) {
+			c.corrupt = fmt.Sprintf("data frame %d (%d bytes) is not the one sent", c.nextSeq, len(f.Payload))
 		}
 		c.nextSeq++
 		c.data++
 	default:
-		c.corrupt = fmt.Sprintf("unexpected frame: FIN %v opcode %#x", f.fin, f.opcode)
+		c.corrupt = fmt.Sprintf("unexpected frame: FIN %v opcode %#x", f.Fin, f.Opcode)
 	}
 }
 
@@ -341,7 +341,7 @@ func (c *rlClient) checkTail(tail []byte) {
 		c.corrupt = fmt.Sprintf("%d bytes after the close frame", len(tail))
 		return
 	}
-	if bytes.HasPrefix(wfCaddyClose, tail) {
+	if bytes.HasPrefix(wsframetest.CaddyClose, tail) {
 		return
 	}
 	if tail[0] != 0x82 {
@@ -351,7 +351,7 @@ func (c *rlClient) checkTail(tail []byte) {
 	if len(tail) < 2 {
 		return
 	}
-	size, length, ok := frameHeader(tail)
+	size, length, ok := wsframetest.Header(tail)
 	switch {
 	case tail[1]&0x80 != 0:
 		c.corrupt = "masked partial frame toward the client"

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/seedf05e/caddy-upgrade/internal/wsframe"
 	"go.uber.org/zap"
 )
 
@@ -63,7 +63,7 @@ type tunnel struct {
 	// backend, backend to client): the copy loops' data, and Caddy's
 	// close frame on a reload, which must not land inside a WebSocket
 	// frame. nil for other protocols.
-	up, down *frameGate
+	up, down *wsframe.Gate
 	closing  atomic.Int64 // unix nanoseconds of the first close frame from outside the loops
 	// clientOut and backOut are where close frames from outside the copy
 	// loops go on each side, set by the sides as they come into being
@@ -107,18 +107,18 @@ const closeFrameWait = time.Second
 // tunnel's other side seconds later: the first close frame of a tunnel
 // starts the other side's too, and Caddy's own one is then dropped, as
 // RFC 6455 §5.5.1 allows one close frame a direction.
-func (t *tunnel) outsideWrite(gate *frameGate, w io.Writer, p []byte, wrote func(int)) (int, error) {
+func (t *tunnel) outsideWrite(gate *wsframe.Gate, w io.Writer, p []byte, wrote func(int)) (int, error) {
 	t.closing.CompareAndSwap(0, time.Now().UnixNano())
-	if !hasCloseFrame(p) {
-		go gate.outsideWrite(w, bytes.Clone(p), closeFrameWait)
+	if !wsframe.HasCloseFrame(p) {
+		go gate.OutsideWrite(w, bytes.Clone(p), closeFrameWait)
 		return len(p), nil
 	}
 	t.sendClose(gate, w, p, wrote)
 	if back := t.backOut.Load(); back != nil && gate == t.down {
-		t.sendClose(t.up, back, maskedCloseFrame(), func(int) {})
+		t.sendClose(t.up, back, wsframe.MaskedCloseGoingAway(), func(int) {})
 	}
 	if client := t.clientOut.Load(); client != nil && gate == t.up {
-		t.sendClose(t.down, client, closeFrame1001, func(n int) { t.carried(n, false) })
+		t.sendClose(t.down, client, wsframe.CloseGoingAway(), func(n int) { t.carried(n, false) })
 	}
 	return len(p), nil
 }
@@ -127,7 +127,7 @@ func (t *tunnel) outsideWrite(gate *frameGate, w io.Writer, p []byte, wrote func
 // loops.
 type sideWriter struct{ io.Writer }
 
-// SetWriteDeadline bounds a close frame's write (frameGate.write) where
+// SetWriteDeadline bounds a close frame's write (wsframe.Gate.OutsideWrite) where
 // the side's writer takes one.
 func (w *sideWriter) SetWriteDeadline(d time.Time) error {
 	if dw, ok := w.Writer.(interface{ SetWriteDeadline(time.Time) error }); ok {
@@ -138,27 +138,15 @@ func (w *sideWriter) SetWriteDeadline(d time.Time) error {
 
 // sendClose writes the close frame p through gate in the background,
 // unless one was already sent or is on its way.
-func (t *tunnel) sendClose(gate *frameGate, w io.Writer, p []byte, wrote func(int)) {
-	if gate.closeClaimed.Swap(true) {
+func (t *tunnel) sendClose(gate *wsframe.Gate, w io.Writer, p []byte, wrote func(int)) {
+	if !gate.ClaimClose() {
 		return
 	}
 	p = bytes.Clone(p)
 	go func() {
-		n, _ := gate.outsideWrite(w, p, closeFrameWait)
+		n, _ := gate.OutsideWrite(w, p, closeFrameWait)
 		wrote(n)
 	}()
-}
-
-// closeFrame1001 is a server's close frame, "going away", as Caddy writes
-// it on a reload.
-var closeFrame1001 = []byte{0x88, 0x02, 1001 >> 8, 1001 & 0xff}
-
-// maskedCloseFrame is closeFrame1001 as a client must send it (masked,
-// RFC 6455 §5.3).
-func maskedCloseFrame() []byte {
-	k := rand.Uint32()
-	key := [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
-	return []byte{0x88, 0x82, key[0], key[1], key[2], key[3], closeFrame1001[2] ^ key[0], closeFrame1001[3] ^ key[1]}
 }
 
 // closeSide closes one side of the tunnel with closeNow. While a reload
@@ -173,9 +161,9 @@ func (t *tunnel) closeSide(closeNow func(reset bool) error) error {
 	if start == 0 {
 		return closeNow(false)
 	}
-	waits := []<-chan struct{}{t.down.closeSent()}
+	waits := []<-chan struct{}{t.down.CloseSent()}
 	if t.backOut.Load() != nil {
-		waits = append(waits, t.up.closeSent())
+		waits = append(waits, t.up.CloseSent())
 	}
 	go func() {
 		timer := time.NewTimer(time.Until(time.Unix(0, start).Add(2 * closeFrameWait)))
@@ -506,7 +494,7 @@ func (t *tunnel) flowEnded(f *flow, eof bool, err error) {
 		if err != nil || own.other(f).done.Load() {
 			t.finishOwned(by, false)
 		}
-	case errors.Is(err, errCloseFrameSent):
+	case errors.Is(err, wsframe.ErrCloseFrameSent):
 		// A reload's close frame ended this direction; closeSide ends
 		// the tunnel once both close frames are out.
 	default:
@@ -565,7 +553,7 @@ func (t *tunnel) goAway() {
 	own := t.own.Load()
 	own.setReason(reason)
 	if t.down != nil {
-		t.outsideWrite(t.down, own.client.conn, closeFrame1001, func(n int) { t.carried(n, false) })
+		t.outsideWrite(t.down, own.client.conn, wsframe.CloseGoingAway(), func(n int) { t.carried(n, false) })
 	}
 	t.closeSide(func(reset bool) error {
 		t.finishOwned(reason, reset)

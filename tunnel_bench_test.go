@@ -113,6 +113,7 @@ func endsWith(p []byte, s string) bool {
 // goes to caddy.Load directly.
 func loadBenchCaddyfile(b *testing.B, sites string) {
 	b.Helper()
+	skipEndToEnd(b)
 	lockCaddytest(b)
 	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileConfig(sites)), nil)
 	if err != nil {

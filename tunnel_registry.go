@@ -11,7 +11,7 @@ import (
 // reload or shutdown closes them as Caddy's reverse proxy closes its own.
 
 // tunnelLimit counts the tunnels open through one handler instance
-// (max_connections, SPEC §5).
+// (max_connections, docs/behaviour.md §5).
 type tunnelLimit struct {
 	max  int64 // 0: unlimited
 	open atomic.Int64

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/seedf05e/caddy-upgrade/internal/protocol"
 )
 
 // TestTunnelUnitLimitConcurrent hammers acquire/release from many
@@ -176,7 +177,7 @@ func newUnitTunnel(t *testing.T, l *tunnelLimit, idle, maxLife time.Duration) *u
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	u := &unitTunnel{ctx: ctx}
-	u.tunnel = &tunnel{limit: l, cancel: func() { u.cancels.Add(1); cancel() }, label: labelOther, idle: idle, maxLife: maxLife}
+	u.tunnel = &tunnel{limit: l, cancel: func() { u.cancels.Add(1); cancel() }, label: protocol.LabelOther, idle: idle, maxLife: maxLife}
 	return u
 }
 
@@ -249,13 +250,13 @@ func tunnelPipePair(t *testing.T) (tunnelSide *closeCountingConn, peer net.Conn)
 // connection again afterwards.
 func TestTunnelUnitIdleTimeout(t *testing.T) {
 	l := newTunnelLimit(1)
-	before := readTunnelMetrics(t, labelOther)
+	before := readTunnelMetrics(t, protocol.LabelOther)
 	u := newUnitTunnel(t, l, 60*time.Millisecond, 0)
 	cc, peer := tunnelPipePair(t)
 	started := time.Now()
 	u.start()
 	tc := u.hijacked(cc)
-	if got := readTunnelMetrics(t, labelOther).open - before.open; got != 1 {
+	if got := readTunnelMetrics(t, protocol.LabelOther).open - before.open; got != 1 {
 		t.Fatalf("open gauge delta %v after start, want 1", got)
 	}
 	if !tunnelWaitDone(u.ctx, 3*time.Second) {
@@ -287,7 +288,7 @@ func TestTunnelUnitIdleTimeout(t *testing.T) {
 	if got := l.open.Load(); got != 0 {
 		t.Fatalf("open count %d after repeated closes, want 0 (a second release would make it negative)", got)
 	}
-	after := readTunnelMetrics(t, labelOther)
+	after := readTunnelMetrics(t, protocol.LabelOther)
 	if d := after.open - before.open; d != 0 {
 		t.Errorf("open gauge delta %v after close, want 0", d)
 	}
@@ -366,7 +367,7 @@ func TestTunnelUnitMaxDuration(t *testing.T) {
 func TestTunnelUnitConcurrentClose(t *testing.T) {
 	for round := range 20 {
 		l := newTunnelLimit(1)
-		before := readTunnelMetrics(t, labelOther)
+		before := readTunnelMetrics(t, protocol.LabelOther)
 		u := newUnitTunnel(t, l, time.Millisecond, 2*time.Millisecond)
 		cc, _ := tunnelPipePair(t)
 		u.start()
@@ -401,7 +402,7 @@ func TestTunnelUnitConcurrentClose(t *testing.T) {
 		if !l.acquire() || l.acquire() {
 			t.Fatalf("round %d: the limit of 1 does not hold exactly one slot after the closes", round)
 		}
-		after := readTunnelMetrics(t, labelOther)
+		after := readTunnelMetrics(t, protocol.LabelOther)
 		if d := after.open - before.open; d != 0 {
 			t.Fatalf("round %d: open gauge delta %v, want 0", round, d)
 		}
@@ -415,7 +416,7 @@ func TestTunnelUnitConcurrentClose(t *testing.T) {
 // frees its slot at finish, once, and never touches the tunnel metrics.
 func TestTunnelUnitFinishWithoutSwitch(t *testing.T) {
 	l := newTunnelLimit(1)
-	before := readTunnelMetrics(t, labelOther)
+	before := readTunnelMetrics(t, protocol.LabelOther)
 	u := newUnitTunnel(t, l, 0, 0)
 	u.finish()
 	u.finish()
@@ -425,7 +426,7 @@ func TestTunnelUnitFinishWithoutSwitch(t *testing.T) {
 	if u.ctx.Err() == nil {
 		t.Errorf("finish without switch left the request context alive")
 	}
-	if after := readTunnelMetrics(t, labelOther); after != before {
+	if after := readTunnelMetrics(t, protocol.LabelOther); after != before {
 		t.Errorf("tunnel metrics moved for a request that never switched: %+v -> %+v", before, after)
 	}
 }
@@ -472,7 +473,7 @@ func TestTunnelUnitTimersStopOnClose(t *testing.T) {
 // (client to backend), bytes written downstream.
 func TestTunnelUnitByteAccounting(t *testing.T) {
 	l := newTunnelLimit(0)
-	before := readTunnelMetrics(t, labelOther)
+	before := readTunnelMetrics(t, protocol.LabelOther)
 	u := newUnitTunnel(t, l, 0, 0)
 	cc, peer := tunnelPipePair(t)
 	u.start()
@@ -488,7 +489,7 @@ func TestTunnelUnitByteAccounting(t *testing.T) {
 	if _, err := tc.Write([]byte("0123456789")); err != nil { // 10 downstream
 		t.Fatal(err)
 	}
-	after := readTunnelMetrics(t, labelOther)
+	after := readTunnelMetrics(t, protocol.LabelOther)
 	if d := after.upstream - before.upstream; d != 7 {
 		t.Errorf("upstream bytes delta %v, want 7", d)
 	}

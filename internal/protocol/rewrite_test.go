@@ -1,9 +1,11 @@
-package upgrade
+package protocol
 
 import (
 	"net/http"
 	"reflect"
 	"testing"
+
+	"github.com/seedf05e/caddy-upgrade/internal/protocol/protocoltest"
 )
 
 func TestRemoveStrayUpgrade(t *testing.T) {
@@ -53,13 +55,13 @@ func TestRemoveStrayUpgrade(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := offerRequest(http.MethodGet, tc.major, tc.minor, tc.hdr)
-			removeStrayUpgrade(r)
+			r := protocoltest.Request(http.MethodGet, tc.major, tc.minor, tc.hdr)
+			RemoveStrayUpgrade(r)
 			if !reflect.DeepEqual(r.Header, tc.want) {
-				t.Fatalf("removeStrayUpgrade: header %v; want %v", r.Header, tc.want)
+				t.Fatalf("RemoveStrayUpgrade: header %v; want %v", r.Header, tc.want)
 			}
-			if o, err := parseOffer(r); err != nil || o.present() {
-				t.Errorf("after removeStrayUpgrade parseOffer = %+v, %v; want no offer", o, err)
+			if o, err := ParseOffer(r); err != nil || o.Present() {
+				t.Errorf("after RemoveStrayUpgrade ParseOffer = %+v, %v; want no offer", o, err)
 			}
 		})
 	}
@@ -107,9 +109,9 @@ func TestStripOffer(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := tc.hdr.Clone()
-			stripOffer(h)
+			StripOffer(h)
 			if !reflect.DeepEqual(h, tc.want) {
-				t.Fatalf("stripOffer: header %v; want %v", h, tc.want)
+				t.Fatalf("StripOffer: header %v; want %v", h, tc.want)
 			}
 		})
 	}
@@ -180,26 +182,26 @@ func TestRewriteAcceptedHTTP1(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := offerRequest(http.MethodGet, 1, 1, tc.hdr.Clone())
-			o, err := parseOffer(r)
-			if err != nil || !o.present() {
-				t.Fatalf("parseOffer = %+v, %v", o, err)
+			r := protocoltest.Request(http.MethodGet, 1, 1, tc.hdr.Clone())
+			o, err := ParseOffer(r)
+			if err != nil || !o.Present() {
+				t.Fatalf("ParseOffer = %+v, %v", o, err)
 			}
-			v := testPolicy(t, false, false, tc.allowed...).decide(o, 1)
-			if v.outcome != outcomeAccepted {
-				t.Fatalf("decide = %s", v.outcome)
+			v := testPolicy(t, false, false, tc.allowed...).Decide(o, 1)
+			if v.Outcome != OutcomeAccepted {
+				t.Fatalf("decide = %s", v.Outcome)
 			}
-			rewriteAccepted(r, o, v, tc.subprotocols)
+			RewriteAccepted(r, o, v, tc.subprotocols)
 			if !reflect.DeepEqual(r.Header, tc.want) {
-				t.Fatalf("rewriteAccepted: header\n%v\nwant\n%v", r.Header, tc.want)
+				t.Fatalf("RewriteAccepted: header\n%v\nwant\n%v", r.Header, tc.want)
 			}
-			if got, want := forwardedProtocol(o, v), tc.want.Get("Upgrade"); got != want {
-				t.Errorf("forwardedProtocol = %q; want %q", got, want)
+			if got, want := ForwardedProtocol(o, v), tc.want.Get("Upgrade"); got != want {
+				t.Errorf("ForwardedProtocol = %q; want %q", got, want)
 			}
 			// What goes on is again an offer of the selected protocol alone.
-			o2, err := parseOffer(r)
-			if err != nil || len(o2.protocols) != 1 || o2.protocols[0] != v.selected {
-				t.Errorf("after rewrite parseOffer = %+v, %v; want just %v", o2, err, v.selected)
+			o2, err := ParseOffer(r)
+			if err != nil || len(o2.Protocols) != 1 || o2.Protocols[0] != v.Selected {
+				t.Errorf("after rewrite ParseOffer = %+v, %v; want just %v", o2, err, v.Selected)
 			}
 		})
 	}
@@ -226,22 +228,22 @@ func TestRewriteAcceptedExtendedConnect(t *testing.T) {
 				"Origin":                {"https://example.com"},
 				"X-Other":               {"1"},
 			}
-			r := offerRequest(http.MethodConnect, tc.major, 0, hdr)
+			r := protocoltest.Request(http.MethodConnect, tc.major, 0, hdr)
 			if tc.major == 2 {
 				r.Header[":protocol"] = []string{tc.offered}
 			} else {
 				r.Proto = tc.offered
 			}
 			before := r.Header.Clone()
-			o, err := parseOffer(r)
-			if err != nil || !o.extendedConnect {
-				t.Fatalf("parseOffer = %+v, %v", o, err)
+			o, err := ParseOffer(r)
+			if err != nil || !o.ExtendedConnect {
+				t.Fatalf("ParseOffer = %+v, %v", o, err)
 			}
-			v := testPolicy(t, false, false, tc.allowed...).decide(o, tc.major)
-			if v.outcome != outcomeAccepted {
-				t.Fatalf("decide = %s", v.outcome)
+			v := testPolicy(t, false, false, tc.allowed...).Decide(o, tc.major)
+			if v.Outcome != OutcomeAccepted {
+				t.Fatalf("decide = %s", v.Outcome)
 			}
-			rewriteAccepted(r, o, v, nil)
+			RewriteAccepted(r, o, v, nil)
 			want := before
 			if tc.major == 2 {
 				want[":protocol"] = []string{tc.want}
@@ -249,27 +251,27 @@ func TestRewriteAcceptedExtendedConnect(t *testing.T) {
 				t.Errorf("r.Proto = %q; want %q", r.Proto, tc.want)
 			}
 			if !reflect.DeepEqual(r.Header, want) {
-				t.Errorf("rewriteAccepted: header %v; want %v (no Connection or Upgrade added)", r.Header, want)
+				t.Errorf("RewriteAccepted: header %v; want %v (no Connection or Upgrade added)", r.Header, want)
 			}
-			if got := forwardedProtocol(o, v); got != tc.want {
-				t.Errorf("forwardedProtocol = %q; want %q", got, tc.want)
+			if got := ForwardedProtocol(o, v); got != tc.want {
+				t.Errorf("ForwardedProtocol = %q; want %q", got, tc.want)
 			}
 		})
 	}
 }
 
 func TestRewriteAcceptedExtendedConnectSubprotocols(t *testing.T) {
-	r := offerRequest(http.MethodConnect, 2, 0, http.Header{
+	r := protocoltest.Request(http.MethodConnect, 2, 0, http.Header{
 		":protocol":              {"websocket"},
 		"Sec-Websocket-Version":  {"13"},
 		"Sec-Websocket-Protocol": {"a, chat", "b"},
 	})
-	o, err := parseOffer(r)
+	o, err := ParseOffer(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := testPolicy(t, false, false, "websocket").decide(o, 2)
-	rewriteAccepted(r, o, v, []string{"b", "chat"})
+	v := testPolicy(t, false, false, "websocket").Decide(o, 2)
+	RewriteAccepted(r, o, v, []string{"b", "chat"})
 	if got := r.Header["Sec-Websocket-Protocol"]; !reflect.DeepEqual(got, []string{"chat, b"}) {
 		t.Errorf("Sec-WebSocket-Protocol = %q; want [\"chat, b\"]", got)
 	}

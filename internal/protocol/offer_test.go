@@ -1,46 +1,24 @@
-package upgrade
+package protocol
 
 import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/seedf05e/caddy-upgrade/internal/protocol/protocoltest"
 )
 
-// offerRequest builds a request as Caddy's server would hand it to the
-// handler: proto version and header lines set directly, so that tests can
-// send what net/http's client would never write (several lines, odd case).
-func offerRequest(method string, major, minor int, hdr http.Header) *http.Request {
-	r := httptest.NewRequest(method, "http://example.com/ws", nil)
-	r.ProtoMajor, r.ProtoMinor = major, minor
-	r.Proto = "HTTP/" + strconv.Itoa(major) + "." + strconv.Itoa(minor)
-	r.Header = hdr
-	if r.Header == nil {
-		r.Header = http.Header{}
-	}
-	return r
-}
-
 // protos builds the expected protocol list from "name" / "name/version".
-func protos(ss ...string) []protocol {
-	var out []protocol
+func protos(ss ...string) []Protocol {
+	var out []Protocol
 	for _, s := range ss {
 		name, version, _ := strings.Cut(s, "/")
-		out = append(out, protocol{name: name, version: version})
+		out = append(out, Protocol{Name: name, Version: version})
 	}
 	return out
-}
-
-// numberedProtocols returns "p0, p1, ..." with n elements.
-func numberedProtocols(n int) string {
-	ps := make([]string, n)
-	for i := range ps {
-		ps[i] = "p" + strconv.Itoa(i)
-	}
-	return strings.Join(ps, ", ")
 }
 
 func TestParseOfferHTTP1(t *testing.T) {
@@ -50,10 +28,10 @@ func TestParseOfferHTTP1(t *testing.T) {
 		name    string
 		minor   int
 		hdr     http.Header
-		want    []protocol // nil: no offer
+		want    []Protocol // nil: no offer
 		wantErr bool
 	}{
-		// Recognising an offer (SPEC §2, first bullet).
+		// Recognising an offer (docs/behaviour.md §2, HTTP/1.1).
 		{name: "plain websocket", minor: 1,
 			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}},
 			want: protos("websocket")},
@@ -91,7 +69,7 @@ func TestParseOfferHTTP1(t *testing.T) {
 			hdr:  http.Header{"Connection": {"Upgrade, HTTP2-Settings"}, "Upgrade": {"h2c"}, "Http2-Settings": {"AAMAAABkAARAAAAAAAIAAAAA"}},
 			want: protos("h2c")},
 
-		// Not an offer (SPEC §2, second bullet).
+		// Not an offer (docs/behaviour.md §2, Not an offer).
 		{name: "HTTP/1.0 with Connection upgrade", minor: 0,
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}},
 		{name: "HTTP/1.0 with malformed Upgrade is not an offer either", minor: 0,
@@ -108,7 +86,7 @@ func TestParseOfferHTTP1(t *testing.T) {
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {" , ,\t,"}}},
 		{name: "no headers at all", minor: 1, hdr: http.Header{}},
 
-		// Malformed offers (SPEC §2, fourth bullet): 400.
+		// Malformed offers (docs/behaviour.md §2, Malformed offers): 400.
 		{name: "space inside a protocol", minor: 1,
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"web socket"}}, wantErr: true},
 		{name: "folded line joined with a space", minor: 1,
@@ -136,18 +114,18 @@ func TestParseOfferHTTP1(t *testing.T) {
 		{name: "malformed element after a good one", minor: 1,
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket", "x/"}}, wantErr: true},
 		{name: "16 protocols", minor: 1,
-			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {numberedProtocols(16)}},
-			want: protos(strings.Split(numberedProtocols(16), ", ")...)},
+			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {protocoltest.NumberedProtocols(16)}},
+			want: protos(strings.Split(protocoltest.NumberedProtocols(16), ", ")...)},
 		{name: "16 protocols over several lines", minor: 1,
-			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {numberedProtocols(8), "q0, q1, q2, q3, q4, q5, q6, q7"}},
-			want: protos(append(strings.Split(numberedProtocols(8), ", "), "q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7")...)},
+			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {protocoltest.NumberedProtocols(8), "q0, q1, q2, q3, q4, q5, q6, q7"}},
+			want: protos(append(strings.Split(protocoltest.NumberedProtocols(8), ", "), "q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7")...)},
 		{name: "17 protocols", minor: 1,
-			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {numberedProtocols(17)}}, wantErr: true},
+			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {protocoltest.NumberedProtocols(17)}}, wantErr: true},
 		{name: "17 protocols over several lines", minor: 1,
-			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {numberedProtocols(16), "websocket"}}, wantErr: true},
+			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {protocoltest.NumberedProtocols(16), "websocket"}}, wantErr: true},
 		{name: "empty elements do not count as protocols", minor: 1,
-			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {numberedProtocols(16) + ",,,,,"}},
-			want: protos(strings.Split(numberedProtocols(16), ", ")...)},
+			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {protocoltest.NumberedProtocols(16) + ",,,,,"}},
+			want: protos(strings.Split(protocoltest.NumberedProtocols(16), ", ")...)},
 		{name: "Upgrade of exactly 512 bytes over two lines", minor: 1,
 			hdr:  http.Header{"Connection": {"Upgrade"}, "Upgrade": {long256, "x/" + strings.Repeat("c", 254)}},
 			want: protos(long256, "x/"+strings.Repeat("c", 254))},
@@ -163,7 +141,8 @@ func TestParseOfferHTTP1(t *testing.T) {
 		{name: "Upgrade of 513 bytes, empty elements counted", minor: 1,
 			hdr: http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket" + strings.Repeat(",", 513-len("websocket"))}}, wantErr: true},
 
-		// Connection options naming protected fields (SPEC §3 order: malformed).
+		// Connection options naming protected fields (docs/behaviour.md §3
+		// order: malformed).
 		{name: "Connection names Host", minor: 1,
 			hdr: http.Header{"Connection": {"Upgrade, Host"}, "Upgrade": {"websocket"}}, wantErr: true},
 		{name: "Connection names host in lower case", minor: 1,
@@ -184,41 +163,41 @@ func TestParseOfferHTTP1(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := offerRequest(http.MethodGet, 1, tc.minor, tc.hdr)
+			r := protocoltest.Request(http.MethodGet, 1, tc.minor, tc.hdr)
 			before := r.Header.Clone()
-			o, err := parseOffer(r)
+			o, err := ParseOffer(r)
 			if !reflect.DeepEqual(r.Header, before) {
-				t.Errorf("parseOffer changed the header: %v, was %v", r.Header, before)
+				t.Errorf("ParseOffer changed the header: %v, was %v", r.Header, before)
 			}
 			if tc.wantErr {
 				if err == nil {
-					t.Fatalf("parseOffer(%q) = %+v, nil; want an error", tc.hdr, o)
+					t.Fatalf("ParseOffer(%q) = %+v, nil; want an error", tc.hdr, o)
 				}
-				if !errors.Is(err, errMalformedOffer) {
-					t.Fatalf("parseOffer(%q) error %v is not errMalformedOffer", tc.hdr, err)
+				if !errors.Is(err, ErrMalformedOffer) {
+					t.Fatalf("ParseOffer(%q) error %v is not ErrMalformedOffer", tc.hdr, err)
 				}
-				if o.present() {
-					t.Errorf("parseOffer(%q) returned an offer %+v with its error", tc.hdr, o)
+				if o.Present() {
+					t.Errorf("ParseOffer(%q) returned an offer %+v with its error", tc.hdr, o)
 				}
 				return
 			}
 			if err != nil {
-				t.Fatalf("parseOffer(%q) error: %v", tc.hdr, err)
+				t.Fatalf("ParseOffer(%q) error: %v", tc.hdr, err)
 			}
-			if o.extendedConnect {
+			if o.ExtendedConnect {
 				t.Errorf("HTTP/1 offer marked extendedConnect")
 			}
 			if tc.want == nil {
-				if o.present() {
-					t.Fatalf("parseOffer(%q) = %+v; want no offer", tc.hdr, o.protocols)
+				if o.Present() {
+					t.Fatalf("ParseOffer(%q) = %+v; want no offer", tc.hdr, o.Protocols)
 				}
 				return
 			}
-			if !o.present() {
-				t.Fatalf("parseOffer(%q): no offer; want %v", tc.hdr, tc.want)
+			if !o.Present() {
+				t.Fatalf("ParseOffer(%q): no offer; want %v", tc.hdr, tc.want)
 			}
-			if !reflect.DeepEqual(o.protocols, tc.want) {
-				t.Fatalf("parseOffer(%q) = %v; want %v", tc.hdr, o.protocols, tc.want)
+			if !reflect.DeepEqual(o.Protocols, tc.want) {
+				t.Fatalf("ParseOffer(%q) = %v; want %v", tc.hdr, o.Protocols, tc.want)
 			}
 		})
 	}
@@ -229,7 +208,7 @@ func TestParseOfferExtendedConnect(t *testing.T) {
 		name    string
 		method  string
 		major   int
-		proto   string // r.Proto; "" keeps what offerRequest sets
+		proto   string // r.Proto; "" keeps what protocoltest.Request sets
 		hdr     http.Header
 		want    string // the offered :protocol; "" means no offer
 		wantErr bool
@@ -269,54 +248,54 @@ func TestParseOfferExtendedConnect(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := offerRequest(tc.method, tc.major, 0, tc.hdr)
+			r := protocoltest.Request(tc.method, tc.major, 0, tc.hdr)
 			if tc.proto != "" {
 				r.Proto = tc.proto
 			}
 			before := r.Header.Clone()
-			o, err := parseOffer(r)
+			o, err := ParseOffer(r)
 			if !reflect.DeepEqual(r.Header, before) {
-				t.Errorf("parseOffer changed the header: %v, was %v", r.Header, before)
+				t.Errorf("ParseOffer changed the header: %v, was %v", r.Header, before)
 			}
 			if tc.wantErr {
 				if err == nil {
-					t.Fatalf("parseOffer = %+v, nil; want an error", o)
+					t.Fatalf("ParseOffer = %+v, nil; want an error", o)
 				}
-				if !errors.Is(err, errMalformedOffer) {
-					t.Fatalf("error %v is not errMalformedOffer", err)
+				if !errors.Is(err, ErrMalformedOffer) {
+					t.Fatalf("error %v is not ErrMalformedOffer", err)
 				}
 				return
 			}
 			if err != nil {
-				t.Fatalf("parseOffer error: %v", err)
+				t.Fatalf("ParseOffer error: %v", err)
 			}
 			if tc.want == "" {
-				if o.present() || o.extendedConnect {
-					t.Fatalf("parseOffer = %+v; want no offer", o)
+				if o.Present() || o.ExtendedConnect {
+					t.Fatalf("ParseOffer = %+v; want no offer", o)
 				}
 				return
 			}
-			want := offer{protocols: []protocol{{name: tc.want}}, extendedConnect: true}
+			want := Offer{Protocols: []Protocol{{Name: tc.want}}, ExtendedConnect: true}
 			if !reflect.DeepEqual(o, want) {
-				t.Fatalf("parseOffer = %+v; want %+v", o, want)
+				t.Fatalf("ParseOffer = %+v; want %+v", o, want)
 			}
 		})
 	}
 }
 
 func TestOfferErrorMessage(t *testing.T) {
-	r := offerRequest(http.MethodGet, 1, 1, http.Header{"Connection": {"Upgrade"}, "Upgrade": {"a/b/c"}})
-	_, err := parseOffer(r)
+	r := protocoltest.Request(http.MethodGet, 1, 1, http.Header{"Connection": {"Upgrade"}, "Upgrade": {"a/b/c"}})
+	_, err := ParseOffer(r)
 	if err == nil || !strings.Contains(err.Error(), `"a/b/c"`) {
 		t.Fatalf("error %v does not quote the bad element", err)
 	}
-	// A hostile element is cut in the message (SPEC §7: no value over 256
-	// bytes is logged).
+	// A hostile element is cut in the message (docs/behaviour.md §7: no value
+	// over 256 bytes is logged).
 	bad := strings.Repeat("x", 300) + "@"
-	r = offerRequest(http.MethodGet, 1, 1, http.Header{"Connection": {"Upgrade"}, "Upgrade": {bad}})
-	_, err = parseOffer(r)
-	if err == nil || !errors.Is(err, errMalformedOffer) {
-		t.Fatalf("parseOffer(%q) = %v; want errMalformedOffer", bad, err)
+	r = protocoltest.Request(http.MethodGet, 1, 1, http.Header{"Connection": {"Upgrade"}, "Upgrade": {bad}})
+	_, err = ParseOffer(r)
+	if err == nil || !errors.Is(err, ErrMalformedOffer) {
+		t.Fatalf("ParseOffer(%q) = %v; want ErrMalformedOffer", bad, err)
 	}
 	if len(err.Error()) > 400 {
 		t.Errorf("error message is %d bytes long; want the element cut", len(err.Error()))
@@ -339,27 +318,27 @@ func TestParseProtocol(t *testing.T) {
 		{"!#$%&'*+-.^_`|~/!#$%&'*+-.^_`|~", "!#$%&'*+-.^_`|~", "!#$%&'*+-.^_`|~"},
 	}
 	for _, tc := range good {
-		p, ok := parseProtocol(tc.in)
+		p, ok := ParseProtocol(tc.in)
 		if !ok {
-			t.Errorf("parseProtocol(%q) not ok", tc.in)
+			t.Errorf("ParseProtocol(%q) not ok", tc.in)
 			continue
 		}
-		if p.name != tc.name || p.version != tc.version {
-			t.Errorf("parseProtocol(%q) = {%q %q}; want {%q %q}", tc.in, p.name, p.version, tc.name, tc.version)
+		if p.Name != tc.name || p.Version != tc.version {
+			t.Errorf("ParseProtocol(%q) = {%q %q}; want {%q %q}", tc.in, p.Name, p.Version, tc.name, tc.version)
 		}
 		// Round trip: String gives back what was parsed.
 		if s := p.String(); s != tc.in {
-			t.Errorf("parseProtocol(%q).String() = %q", tc.in, s)
+			t.Errorf("ParseProtocol(%q).String() = %q", tc.in, s)
 		}
-		if q, ok := parseProtocol(p.String()); !ok || q != p {
-			t.Errorf("parseProtocol(%q) round trip = %+v, %v", p.String(), q, ok)
+		if q, ok := ParseProtocol(p.String()); !ok || q != p {
+			t.Errorf("ParseProtocol(%q) round trip = %+v, %v", p.String(), q, ok)
 		}
 	}
 	bad := []string{"", "/", "a/", "/a", "a/b/c", "a//b", "a b", " a", "a ", "a\t", "a,b", "a;b", "a=b",
 		`"a"`, "(a)", "a:b", "a@b", "a?b", "a[b]", "a{b}", "a\\b", "a\x00", "a\x7f", "é", "a/b c", "a/é"}
 	for _, s := range bad {
-		if p, ok := parseProtocol(s); ok {
-			t.Errorf("parseProtocol(%q) = %+v, ok; want not ok", s, p)
+		if p, ok := ParseProtocol(s); ok {
+			t.Errorf("ParseProtocol(%q) = %+v, ok; want not ok", s, p)
 		}
 	}
 }
@@ -368,24 +347,24 @@ func TestIsToken(t *testing.T) {
 	const tchars = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 	for c := 0; c < 256; c++ {
 		want := strings.IndexByte(tchars, byte(c)) >= 0
-		if got := isToken(string([]byte{byte(c)})); got != want {
-			t.Errorf("isToken(%q) = %v; want %v", string([]byte{byte(c)}), got, want)
+		if got := IsToken(string([]byte{byte(c)})); got != want {
+			t.Errorf("IsToken(%q) = %v; want %v", string([]byte{byte(c)}), got, want)
 		}
-		if got := isToken("a" + string([]byte{byte(c)}) + "b"); got != want {
-			t.Errorf("isToken(%q) = %v; want %v", "a"+string([]byte{byte(c)})+"b", got, want)
+		if got := IsToken("a" + string([]byte{byte(c)}) + "b"); got != want {
+			t.Errorf("IsToken(%q) = %v; want %v", "a"+string([]byte{byte(c)})+"b", got, want)
 		}
 	}
-	if isToken("") {
-		t.Error(`isToken("") = true`)
+	if IsToken("") {
+		t.Error(`IsToken("") = true`)
 	}
-	if !isToken(tchars) {
-		t.Errorf("isToken(%q) = false", tchars)
+	if !IsToken(tchars) {
+		t.Errorf("IsToken(%q) = false", tchars)
 	}
 	// A token is a protocol without a version, and back.
 	for _, s := range []string{"websocket", "h2c", "Foo-1.0", tchars} {
-		p, ok := parseProtocol(s)
-		if !ok || p.version != "" || p.name != s || !isToken(p.String()) {
-			t.Errorf("token %q: parseProtocol = %+v, %v", s, p, ok)
+		p, ok := ParseProtocol(s)
+		if !ok || p.Version != "" || p.Name != s || !IsToken(p.String()) {
+			t.Errorf("token %q: ParseProtocol = %+v, %v", s, p, ok)
 		}
 	}
 }
@@ -410,8 +389,242 @@ func TestConnectionHasToken(t *testing.T) {
 		if tc.lines != nil {
 			h["Connection"] = tc.lines
 		}
-		if got := connectionHasToken(h, "upgrade"); got != tc.want {
-			t.Errorf("connectionHasToken(%q) = %v; want %v", tc.lines, got, tc.want)
+		if got := ConnectionHasToken(h, "upgrade"); got != tc.want {
+			t.Errorf("ConnectionHasToken(%q) = %v; want %v", tc.lines, got, tc.want)
 		}
+	}
+}
+
+// fzProtected reports whether a Connection option names Host, Origin or a
+// Sec-WebSocket-* field (docs/behaviour.md §3: malformed). Only a valid field
+// name can name a field.
+func fzProtected(opt string) bool {
+	if !fzToken(opt) {
+		return false
+	}
+	l := strings.ToLower(opt)
+	return l == "host" || l == "origin" || strings.HasPrefix(l, "sec-websocket-")
+}
+
+// fzOfferOracle is docs/behaviour.md §2 for an HTTP/1.x request: whether
+// ParseOffer must fail, and the protocols it must return otherwise.
+func fzOfferOracle(upgrade, connection []string, minor int) (wantErr bool, want []string) {
+	if upgrade == nil || minor == 0 {
+		return false, nil
+	}
+	hasUpgradeOpt := false
+	for _, opt := range fzElements(connection) {
+		if strings.EqualFold(opt, "upgrade") {
+			hasUpgradeOpt = true
+		}
+	}
+	if !hasUpgradeOpt {
+		return false, nil
+	}
+	for _, opt := range fzElements(connection) {
+		if fzProtected(opt) {
+			return true, nil
+		}
+	}
+	size := 0
+	for _, l := range upgrade {
+		size += len(l)
+	}
+	if size > 512 {
+		return true, nil
+	}
+	elems := fzElements(upgrade)
+	if len(elems) > 16 {
+		return true, nil
+	}
+	for _, e := range elems {
+		if !fzProtocolOK(e) {
+			return true, nil
+		}
+	}
+	return false, elems
+}
+
+func fzProtocolStrings(o Offer) []string {
+	var out []string
+	for _, p := range o.Protocols {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+func fzParseLines(t *testing.T, lines []string) Offer {
+	t.Helper()
+	r := &http.Request{ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{
+		"Connection": {"Upgrade"},
+		"Upgrade":    lines,
+	}}
+	o, err := ParseOffer(r)
+	if err != nil {
+		t.Fatalf("re-parsing %q: %v", lines, err)
+	}
+	return o
+}
+
+func FuzzParseOffer(f *testing.F) {
+	// RFC 9110 §7.8 and RFC 6455 §1.2 examples, h2csmuggler, the attack
+	// cases of adversarial_test.go, and the limits.
+	seeds := []struct {
+		upgrade, connection string
+		minor               uint8
+	}{
+		{"HTTP/2.0, SHTTP/1.3, IRC/6.9, RTA/x11", "Upgrade", 1},
+		{"websocket", "Upgrade", 1},
+		{"websocket", "keep-alive, Upgrade", 1},
+		{"WebSocket", "upgrade", 1},
+		{"h2c", "Upgrade, HTTP2-Settings", 1},
+		{"h2c", "Upgrade", 1},
+		{"H2C", "UPGRADE", 1},
+		{"h2c", "", 1},
+		{"websocket", "Upgrade", 0},
+		{"h2c\nwebsocket", "Upgrade", 1},
+		{"websocket, h2c", "Upgrade", 1},
+		{"h2c websocket", "Upgrade", 1},
+		{`"websocket"`, "Upgrade", 1},
+		{"web\u0455ocket", "Upgrade", 1},
+		{"websocket;q=1", "Upgrade", 1},
+		{"websocket/13, foo/1/2", "Upgrade", 1},
+		{",\t foo ,, websocket ,", "Upgrade", 1},
+		{" , ", "Upgrade", 1},
+		{"websocket", "Upgrade, Sec-WebSocket-Key", 1},
+		{"websocket", "Upgrade\nOrigin", 1},
+		{"websocket", "Upgrade, Host", 1},
+		{"websocket", "close,\tUpgrade ,", 1},
+		{"websocket, " + strings.Repeat("a", 501), "Upgrade", 1},
+		{"websocket, " + strings.Repeat("a", 502), "Upgrade", 1},
+		{strings.Repeat("a,", 15) + "websocket", "Upgrade", 1},
+		{strings.Repeat("a,", 16) + "websocket", "Upgrade", 1},
+		{strings.Repeat("p\n", 16) + "websocket", "Upgrade", 1},
+		{"a/b", "Upgrade", 9},
+	}
+	for _, s := range seeds {
+		f.Add(s.upgrade, s.connection, s.minor)
+	}
+	f.Fuzz(func(t *testing.T, upgrade, connection string, minor uint8) {
+		m := int(minor % 10) // HTTP/1.0 through HTTP/1.9, as Go parses them
+		h := http.Header{}
+		up, conn := fzLines(upgrade), fzLines(connection)
+		if up != nil {
+			h["Upgrade"] = up
+		}
+		if conn != nil {
+			h["Connection"] = conn
+		}
+		before := h.Clone()
+		r := &http.Request{Method: "GET", ProtoMajor: 1, ProtoMinor: m, Header: h}
+		o, err := ParseOffer(r)
+		if !reflect.DeepEqual(h, before) {
+			t.Fatalf("ParseOffer changed the header: %q, was %q", h, before)
+		}
+
+		wantErr, want := fzOfferOracle(up, conn, m)
+		if (err != nil) != wantErr {
+			t.Fatalf("ParseOffer(Upgrade %q, Connection %q, HTTP/1.%d): err %v, oracle wants error: %v", up, conn, m, err, wantErr)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrMalformedOffer) {
+				t.Fatalf("error %v does not wrap ErrMalformedOffer", err)
+			}
+			if o.Present() {
+				t.Fatalf("an error came with an offer %v", o)
+			}
+			return
+		}
+		got := fzProtocolStrings(o)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("ParseOffer(Upgrade %q, Connection %q, HTTP/1.%d) = %q, oracle %q", up, conn, m, got, want)
+		}
+		if o.ExtendedConnect {
+			t.Fatalf("an HTTP/1.%d request gave an extended CONNECT offer", m)
+		}
+		if !o.Present() {
+			return
+		}
+
+		// An accepted offer: 1–16 protocols, at most 512 bytes received,
+		// each token["/"token].
+		if n := len(o.Protocols); n < 1 || n > 16 {
+			t.Fatalf("accepted offer of %d protocols", n)
+		}
+		size := 0
+		for _, l := range up {
+			size += len(l)
+		}
+		if size > 512 {
+			t.Fatalf("accepted %d bytes of Upgrade", size)
+		}
+		for _, p := range o.Protocols {
+			if !fzToken(p.Name) || (p.Version != "" && !fzToken(p.Version)) || !fzProtocolOK(p.String()) {
+				t.Fatalf("accepted protocol %q (name %q, version %q)", p.String(), p.Name, p.Version)
+			}
+		}
+
+		// parse(format(x)) == x: one protocol per line (never longer than
+		// what was received), and joined with ", " into one line, which
+		// must round-trip unless the separators push it past 512 bytes.
+		if again := fzProtocolStrings(fzParseLines(t, got)); !reflect.DeepEqual(again, got) {
+			t.Fatalf("one per line: %q re-parses as %q", got, again)
+		}
+		joined := strings.Join(got, ", ")
+		r2 := &http.Request{ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {joined}}}
+		o2, err := ParseOffer(r2)
+		switch {
+		case len(joined) > 512:
+			if err == nil {
+				t.Fatalf("joined %d bytes accepted", len(joined))
+			}
+		case err != nil:
+			t.Fatalf("joined %q: %v", joined, err)
+		default:
+			if again := fzProtocolStrings(o2); !reflect.DeepEqual(again, got) {
+				t.Fatalf("joined %q re-parses as %q, want %q", joined, again, got)
+			}
+		}
+	})
+}
+
+// BenchmarkParseOffer parses the typical offer and the largest one the
+// grammar accepts (16 protocols, ~500 bytes over several lines).
+func BenchmarkParseOffer(b *testing.B) {
+	var worst []string
+	var line []string
+	size := 0
+	for i := range maxOfferedProtocols {
+		p := "protocol-name-" + strings.Repeat("x", 6) + "/" + strings.Repeat("v", 5) + string(rune('a'+i))
+		line = append(line, p)
+		if len(line) == 4 {
+			s := strings.Join(line, " ,\t")
+			worst = append(worst, s)
+			size += len(s)
+			line = nil
+		}
+	}
+	if size > maxUpgradeBytes || size < 400 {
+		b.Fatalf("worst case is %d bytes; want 400..512", size)
+	}
+	for _, tc := range []struct {
+		name  string
+		lines []string
+		n     int
+	}{
+		{"typical", []string{"websocket"}, 1},
+		{"worst", worst, maxOfferedProtocols},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			r := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+			r.Header = http.Header{"Connection": {"Upgrade"}, "Upgrade": tc.lines}
+			b.ReportAllocs()
+			for b.Loop() {
+				o, err := ParseOffer(r)
+				if err != nil || len(o.Protocols) != tc.n {
+					b.Fatalf("ParseOffer: %d protocols, %v", len(o.Protocols), err)
+				}
+			}
+		})
 	}
 }

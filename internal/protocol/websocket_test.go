@@ -1,9 +1,10 @@
-package upgrade
+package protocol
 
 import (
 	"encoding/base64"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -25,8 +26,8 @@ func wsHdr(kv ...string) http.Header {
 }
 
 func TestAcceptKey(t *testing.T) {
-	if got := acceptKey(wsSampleKey); got != wsSampleAccept {
-		t.Fatalf("acceptKey(%q) = %q, want %q (RFC 6455 §1.3)", wsSampleKey, got, wsSampleAccept)
+	if got := AcceptKey(wsSampleKey); got != wsSampleAccept {
+		t.Fatalf("AcceptKey(%q) = %q, want %q (RFC 6455 §1.3)", wsSampleKey, got, wsSampleAccept)
 	}
 }
 
@@ -83,9 +84,9 @@ func TestCheckWebSocketRequest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, reason := checkWebSocketRequest(tt.method, tt.h, tt.xconnect)
+			status, reason := CheckWebSocketRequest(tt.method, tt.h, tt.xconnect)
 			if status != tt.wantStatus || !strings.Contains(reason, tt.wantReason) || (status == 0) != (reason == "") {
-				t.Errorf("checkWebSocketRequest(%q, %v, %v) = %d, %q; want %d, %q",
+				t.Errorf("CheckWebSocketRequest(%q, %v, %v) = %d, %q; want %d, %q",
 					tt.method, tt.h, tt.xconnect, status, reason, tt.wantStatus, tt.wantReason)
 			}
 		})
@@ -93,13 +94,13 @@ func TestCheckWebSocketRequest(t *testing.T) {
 }
 
 func TestCheckWebSocketRequestLongVersionReason(t *testing.T) {
-	_, reason := checkWebSocketRequest("GET", wsHdr("Sec-WebSocket-Key", wsSampleKey, "Sec-WebSocket-Version", strings.Repeat("9", 10000)), false)
+	_, reason := CheckWebSocketRequest("GET", wsHdr("Sec-WebSocket-Key", wsSampleKey, "Sec-WebSocket-Version", strings.Repeat("9", 10000)), false)
 	if len(reason) > logValueCap+64 || strings.Contains(reason, strings.Repeat("9", 10000)) {
 		t.Errorf("reason is %d bytes, want the value cut at %d", len(reason), logValueCap)
 	}
 }
 
-func TestHeaderTokens(t *testing.T) {
+func TestHeaderElements(t *testing.T) {
 	tests := []struct {
 		in   []string
 		want []string
@@ -114,8 +115,8 @@ func TestHeaderTokens(t *testing.T) {
 		{[]string{`x="a,b"`}, []string{`x="a`, `b"`}}, // not quote-aware
 	}
 	for _, tt := range tests {
-		if got := headerTokens(tt.in); !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("headerTokens(%q) = %q, want %q", tt.in, got, tt.want)
+		if got := slices.Collect(ListElements(tt.in)); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("ListElements(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -135,8 +136,8 @@ func TestHeaderListElements(t *testing.T) {
 		{[]string{`a\, b`}, []string{`a\`, "b"}},                                 // backslash outside quotes is literal
 	}
 	for _, tt := range tests {
-		if got := headerListElements(tt.in); !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("headerListElements(%q) = %q, want %q", tt.in, got, tt.want)
+		if got := quotedListElements(tt.in); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("quotedListElements(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -183,8 +184,8 @@ func TestCheckWebSocket101(t *testing.T) {
 		{"key with OWS", wsHdr(key, " "+wsSampleKey+" "), res(), true, ""},
 		{"missing accept", req(), wsHdr(), true, "missing Sec-WebSocket-Accept"},
 		{"duplicate accept", req(), wsHdr(accept, wsSampleAccept, accept, wsSampleAccept), true, "duplicate Sec-WebSocket-Accept"},
-		{"wrong accept", req(), wsHdr(accept, acceptKey("x")), true, "wrong Sec-WebSocket-Accept"},
-		{"accept of the decoded key", req(), wsHdr(accept, acceptKey("the sample nonce")), true, "wrong"},
+		{"wrong accept", req(), wsHdr(accept, AcceptKey("x")), true, "wrong Sec-WebSocket-Accept"},
+		{"accept of the decoded key", req(), wsHdr(accept, AcceptKey("the sample nonce")), true, "wrong"},
 		{"request without key", wsHdr(), res(), true, "Sec-WebSocket-Key"},
 		{"request with two keys", wsHdr(key, wsSampleKey, key, wsSampleKey), res(), true, "Sec-WebSocket-Key"},
 		{"no accept check", wsHdr(), wsHdr(), false, ""},
@@ -218,9 +219,9 @@ func TestCheckWebSocket101(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := checkWebSocket101(tt.req, tt.res, tt.checkAccept)
+			got := CheckWebSocket101(tt.req, tt.res, tt.checkAccept)
 			if (got == "") != (tt.wantReason == "") || !strings.Contains(got, tt.wantReason) {
-				t.Errorf("checkWebSocket101(%v, %v, %v) = %q, want %q", tt.req, tt.res, tt.checkAccept, got, tt.wantReason)
+				t.Errorf("CheckWebSocket101(%v, %v, %v) = %q, want %q", tt.req, tt.res, tt.checkAccept, got, tt.wantReason)
 			}
 		})
 	}
@@ -241,7 +242,7 @@ func FuzzCheckWebSocketRequest(f *testing.F) {
 		if v := fzLines(versions); v != nil {
 			h["Sec-Websocket-Version"] = v
 		}
-		status, reason := checkWebSocketRequest(method, h, xconnect)
+		status, reason := CheckWebSocketRequest(method, h, xconnect)
 		if (status == 0) != (reason == "") {
 			t.Fatalf("status %d with reason %q", status, reason)
 		}
@@ -262,7 +263,7 @@ func FuzzCheckWebSocketRequest(f *testing.F) {
 			want = http.StatusUpgradeRequired
 		}
 		if status != want {
-			t.Fatalf("checkWebSocketRequest(%q, %q, %v) = %d %q, oracle says %d", method, h, xconnect, status, reason, want)
+			t.Fatalf("CheckWebSocketRequest(%q, %q, %v) = %d %q, oracle says %d", method, h, xconnect, status, reason, want)
 		}
 	})
 }
@@ -274,7 +275,7 @@ func FuzzCheckWebSocket101(f *testing.F) {
 	f.Fuzz(func(t *testing.T, keys, reqProto, reqExt, accepts, resProto, resExt string, checkAccept, correctAccept bool) {
 		req, res := fzHandshake(keys, reqProto, reqExt, accepts, resProto, resExt, correctAccept)
 
-		reason := checkWebSocket101(req, res, checkAccept)
+		reason := CheckWebSocket101(req, res, checkAccept)
 		if reason != "" {
 			if correctAccept && len(req["Sec-Websocket-Key"]) == 1 && len(res["Sec-Websocket-Protocol"]) == 0 && len(res["Sec-Websocket-Extensions"]) == 0 {
 				t.Fatalf("a correct bare 101 was refused: %q", reason)
@@ -284,17 +285,15 @@ func FuzzCheckWebSocket101(f *testing.F) {
 		// Accepted: re-check the rules independently.
 		if checkAccept {
 			k, a := req["Sec-Websocket-Key"], res["Sec-Websocket-Accept"]
-			if len(k) != 1 || len(a) != 1 || strings.Trim(a[0], " \t") != acceptKey(strings.Trim(k[0], " \t")) {
+			if len(k) != 1 || len(a) != 1 || strings.Trim(a[0], " \t") != AcceptKey(strings.Trim(k[0], " \t")) {
 				t.Fatalf("accepted a wrong Accept: key %q accept %q", k, a)
 			}
 		}
 		if p := res["Sec-Websocket-Protocol"]; len(p) > 0 {
 			v := strings.Trim(p[0], " \t")
 			found := false
-			for _, line := range req["Sec-Websocket-Protocol"] {
-				for _, o := range strings.Split(line, ",") {
-					found = found || strings.Trim(o, " \t") == v
-				}
+			for _, o := range fzElements(req["Sec-Websocket-Protocol"]) {
+				found = found || o == v
 			}
 			if len(p) != 1 || v == "" || strings.Contains(v, ",") || !found {
 				t.Fatalf("accepted subprotocol %q for offer %q", p, req["Sec-Websocket-Protocol"])
@@ -302,21 +301,14 @@ func FuzzCheckWebSocket101(f *testing.F) {
 		}
 		if !strings.Contains(resExt+reqExt, `"`) { // without quotes a plain split is exact
 			offered := map[string]bool{}
-			for _, line := range req["Sec-Websocket-Extensions"] {
-				for _, e := range strings.Split(line, ",") {
-					n, _, _ := strings.Cut(e, ";")
-					offered[strings.ToLower(strings.Trim(n, " \t"))] = true
-				}
+			for _, e := range fzElements(req["Sec-Websocket-Extensions"]) {
+				n, _, _ := strings.Cut(e, ";")
+				offered[strings.ToLower(strings.Trim(n, " \t"))] = true
 			}
-			for _, line := range res["Sec-Websocket-Extensions"] {
-				for _, e := range strings.Split(line, ",") {
-					if strings.Trim(e, " \t") == "" {
-						continue
-					}
-					n, _, _ := strings.Cut(e, ";")
-					if n = strings.ToLower(strings.Trim(n, " \t")); n == "" || !offered[n] {
-						t.Fatalf("accepted extension %q for offer %q", e, req["Sec-Websocket-Extensions"])
-					}
+			for _, e := range fzElements(res["Sec-Websocket-Extensions"]) {
+				n, _, _ := strings.Cut(e, ";")
+				if n = strings.ToLower(strings.Trim(n, " \t")); n == "" || !offered[n] {
+					t.Fatalf("accepted extension %q for offer %q", e, req["Sec-Websocket-Extensions"])
 				}
 			}
 		}

@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 import (
 	"crypto/sha1"
@@ -7,31 +7,32 @@ import (
 	"strings"
 )
 
-// This file holds the WebSocket handshake rules of RFC 6455 §4 (SPEC §4, §5)
-// as pure functions over header maps; it knows nothing of Caddy.
+// The WebSocket handshake rules of RFC 6455 §4 (docs/behaviour.md §4, §5),
+// over header maps.
 
 // websocketGUID is the fixed string of RFC 6455 §1.3 appended to the key.
 const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-// checkWebSocketRequest applies the request checks of RFC 6455 §4.2.1 to a
-// handshake whose protocol has already been selected, in SPEC §3 order: the
-// method, then the key (HTTP/1.1 only), then Sec-WebSocket-Version. It
-// returns 0 and "" when the request passes, else the status to answer (400,
-// or 426 for a well-formed but unsupported version) and a short reason.
+// CheckWebSocketRequest applies the request checks of RFC 6455 §4.2.1 to a
+// handshake whose protocol has already been selected, in docs/behaviour.md §3
+// order: the method, then the key (HTTP/1.1 only), then
+// Sec-WebSocket-Version. It returns 0 and "" when the request passes, else
+// the status to answer (400, or 426 for a well-formed but unsupported
+// version) and a short reason.
 //
 // With extendedConnect (RFC 8441 / RFC 9220) there is no method or key rule:
 // the method is CONNECT and Sec-WebSocket-Key is not used, so it is not
 // looked at. The Version rule is the same. On HTTP/2 and HTTP/3 the caller
-// answers 400 instead of 426 (SPEC §3); the 426 reply carries
+// answers 400 instead of 426 (docs/behaviour.md §3); the 426 reply carries
 // "Sec-WebSocket-Version: 13" either way.
 //
 // Leading and trailing spaces and tabs are ignored in both values (Go's
 // server has already removed them from the wire). The key must be the
 // canonical base64 (standard alphabet, padded) of exactly 16 bytes.
-func checkWebSocketRequest(method string, h http.Header, extendedConnect bool) (status int, reason string) {
+func CheckWebSocketRequest(method string, h http.Header, extendedConnect bool) (status int, reason string) {
 	if !extendedConnect {
 		if method != http.MethodGet {
-			return http.StatusBadRequest, "WebSocket handshake method must be GET, not " + quoteForLog(method)
+			return http.StatusBadRequest, "WebSocket handshake method must be GET, not " + QuoteForLog(method)
 		}
 		keys := wsValues(h, "Sec-WebSocket-Key")
 		switch {
@@ -51,7 +52,7 @@ func checkWebSocketRequest(method string, h http.Header, extendedConnect bool) (
 		return http.StatusBadRequest, "duplicate Sec-WebSocket-Version"
 	}
 	if v := trimOWS(versions[0]); v != "13" {
-		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + quoteForLog(v) + " (13 required)"
+		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + QuoteForLog(v) + " (13 required)"
 	}
 	return 0, ""
 }
@@ -67,10 +68,10 @@ func validWebSocketKey(key string) bool {
 	return err == nil && len(b) == 16
 }
 
-// acceptKey computes Sec-WebSocket-Accept for a Sec-WebSocket-Key value
+// AcceptKey computes Sec-WebSocket-Accept for a Sec-WebSocket-Key value
 // (RFC 6455 §4.2.2): base64(SHA-1(key + GUID)). The key is used as sent,
 // without decoding; the caller trims surrounding whitespace.
-func acceptKey(key string) string {
+func AcceptKey(key string) string {
 	sum := sha1.Sum([]byte(key + websocketGUID))
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
@@ -78,10 +79,11 @@ func acceptKey(key string) string {
 // filterSubprotocols keeps the offered Sec-WebSocket-Protocol values (field
 // lines, each a comma-separated list, joined in order) that appear in
 // allowed, compared exactly, in the client's order. It returns nil when
-// nothing is left, and the caller then removes the header (SPEC §4).
+// nothing is left, and the caller then removes the header
+// (docs/behaviour.md §4).
 func filterSubprotocols(offered []string, allowed []string) []string {
 	var kept []string
-	for _, p := range headerTokens(offered) {
+	for p := range ListElements(offered) {
 		for _, a := range allowed {
 			if p == a {
 				kept = append(kept, p)
@@ -92,75 +94,54 @@ func filterSubprotocols(offered []string, allowed []string) []string {
 	return kept
 }
 
-// headerTokens splits field lines holding comma-separated lists (RFC 9110
-// §5.6.1) into their elements: lines join in order, spaces and tabs around
-// each element are removed, and empty elements are skipped. It does not
-// validate the elements and knows nothing of quoted strings (like Go's
-// httpguts and Caddy's reverse proxy, which read Connection and Upgrade the
-// same way); use it for lists of tokens. See headerListElements for lists
-// whose elements may carry quoted parameters.
-func headerTokens(values []string) []string {
-	var out []string
-	for _, line := range values {
-		for elem := range strings.SplitSeq(line, ",") {
-			if elem = trimOWS(elem); elem != "" {
-				out = append(out, elem)
-			}
-		}
-	}
-	return out
-}
-
-// headerListElements is headerTokens for lists whose elements may hold
-// quoted strings (RFC 9110 §5.6.4), such as Sec-WebSocket-Extensions
-// parameters: a comma inside double quotes does not split, and a backslash
-// inside quotes escapes the next byte. An unterminated quote runs to the end
-// of its line (each line is parsed on its own).
-func headerListElements(values []string) []string {
-	var out []string
-	add := func(elem string) {
-		if elem = trimOWS(elem); elem != "" {
-			out = append(out, elem)
-		}
-	}
-	for _, line := range values {
-		start, quoted := 0, false
-		for i := 0; i < len(line); i++ {
-			switch c := line[i]; {
-			case quoted && c == '\\':
-				i++ // quoted-pair: skip the escaped byte
-			case c == '"':
-				quoted = !quoted
-			case !quoted && c == ',':
-				add(line[start:i])
-				start = i + 1
-			}
-		}
-		add(line[start:])
-	}
-	return out
-}
-
 // extensionName returns the extension token of one Sec-WebSocket-Extensions
 // element (RFC 6455 §9.1), the part before its first ";", trimmed and
 // lower-cased, or "" if that is not a token.
 func extensionName(elem string) string {
 	name, _, _ := strings.Cut(elem, ";")
 	name = trimOWS(name)
-	if !isToken(name) {
+	if !IsToken(name) {
 		return ""
 	}
 	return strings.ToLower(name)
 }
 
-// checkWebSocket101 checks a backend's 101 to a WebSocket handshake against
-// the request that was forwarded to it (SPEC §5); it returns "" when the
-// response is acceptable, else the reason for the 502. reqHeader must be
-// the header as sent to the backend (after filterSubprotocols), so that "a
-// subprotocol that was forwarded" is what reqHeader lists.
+// filterSubprotocolHeader keeps only allowed subprotocols, in client order
+// (docs/behaviour.md §4), and drops the field when none is left.
+func filterSubprotocolHeader(h http.Header, allowed []string) {
+	offered, ok := h["Sec-Websocket-Protocol"]
+	if !ok {
+		return
+	}
+	kept := filterSubprotocols(offered, allowed)
+	if len(kept) == 0 {
+		delete(h, "Sec-Websocket-Protocol")
+		return
+	}
+	h["Sec-Websocket-Protocol"] = []string{strings.Join(kept, ", ")}
+}
+
+// OffersOnlyOtherSubprotocols reports whether a handshake offers
+// subprotocols (Sec-WebSocket-Protocol) and none of them is in allowed.
+func OffersOnlyOtherSubprotocols(h http.Header, allowed []string) bool {
+	offered := h["Sec-Websocket-Protocol"]
+	if len(filterSubprotocols(offered, allowed)) > 0 {
+		return false
+	}
+	for range ListElements(offered) {
+		return true
+	}
+	return false
+}
+
+// CheckWebSocket101 checks a backend's 101 to a WebSocket handshake against
+// the request that was forwarded to it (docs/behaviour.md §5); it returns ""
+// when the response is acceptable, else the reason for the 502. reqHeader
+// must be the header as sent to the backend (after RewriteAccepted), so that
+// "a subprotocol that was forwarded" is what reqHeader lists.
 //
 //   - checkAccept (HTTP/1.1 towards the backend): exactly one
-//     Sec-WebSocket-Accept, equal to acceptKey of the request's single
+//     Sec-WebSocket-Accept, equal to AcceptKey of the request's single
 //     Sec-WebSocket-Key (both trimmed of spaces and tabs).
 //   - Sec-WebSocket-Protocol: absent, or one line holding one value that is
 //     one of the request's offered subprotocols (compared exactly); if the
@@ -171,7 +152,7 @@ func extensionName(elem string) string {
 //     Lists are split with quoted-string awareness.
 //
 // Connection and Upgrade are not looked at here.
-func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reason string) {
+func CheckWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reason string) {
 	if checkAccept {
 		keys := wsValues(reqHeader, "Sec-WebSocket-Key")
 		if len(keys) != 1 {
@@ -183,8 +164,8 @@ func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reas
 			return "missing Sec-WebSocket-Accept"
 		case len(accepts) > 1:
 			return "duplicate Sec-WebSocket-Accept"
-		case trimOWS(accepts[0]) != acceptKey(trimOWS(keys[0])):
-			return "wrong Sec-WebSocket-Accept " + quoteForLog(accepts[0])
+		case trimOWS(accepts[0]) != AcceptKey(trimOWS(keys[0])):
+			return "wrong Sec-WebSocket-Accept " + QuoteForLog(accepts[0])
 		}
 	}
 
@@ -194,30 +175,30 @@ func checkWebSocket101(reqHeader, resHeader http.Header, checkAccept bool) (reas
 		}
 		p := trimOWS(protos[0])
 		if p == "" || strings.Contains(p, ",") {
-			return "Sec-WebSocket-Protocol " + quoteForLog(protos[0]) + " is not one subprotocol"
+			return "Sec-WebSocket-Protocol " + QuoteForLog(protos[0]) + " is not one subprotocol"
 		}
 		offered := false
-		for _, o := range headerTokens(wsValues(reqHeader, "Sec-WebSocket-Protocol")) {
+		for o := range ListElements(wsValues(reqHeader, "Sec-WebSocket-Protocol")) {
 			if o == p {
 				offered = true
 				break
 			}
 		}
 		if !offered {
-			return "Sec-WebSocket-Protocol " + quoteForLog(p) + " was not offered"
+			return "Sec-WebSocket-Protocol " + QuoteForLog(p) + " was not offered"
 		}
 	}
 
 	if exts := wsValues(resHeader, "Sec-WebSocket-Extensions"); len(exts) > 0 {
 		offered := map[string]bool{}
-		for _, elem := range headerListElements(wsValues(reqHeader, "Sec-WebSocket-Extensions")) {
+		for _, elem := range quotedListElements(wsValues(reqHeader, "Sec-WebSocket-Extensions")) {
 			if name := extensionName(elem); name != "" {
 				offered[name] = true
 			}
 		}
-		for _, elem := range headerListElements(exts) {
+		for _, elem := range quotedListElements(exts) {
 			if !offered[extensionName(elem)] { // "" is never offered
-				return "Sec-WebSocket-Extensions " + quoteForLog(elem) + " was not offered"
+				return "Sec-WebSocket-Extensions " + QuoteForLog(elem) + " was not offered"
 			}
 		}
 	}

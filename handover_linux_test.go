@@ -1,26 +1,22 @@
 package upgrade
 
-// Tests of the hand-over (handover.go) inside a real Caddy: once a tunnel
+// Tests of the hand-over (tunnel.go) inside a real Caddy: once a tunnel
 // through the delegating route is open, Caddy's handler has returned and
 // the tunnel idles on the shared poller with no goroutine and no buffer,
 // over plain TCP and over TLS; it still counts on its upstream (least_conn
 // balances on it); it closes on stream_timeout and, after
 // stream_close_delay, on a reload; and it logs one `tunnel closed` line.
+// Linux only: the shared poller needs epoll (poller_other.go), and
+// elsewhere tunnels stay with Caddy's reverse proxy.
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/rand"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -42,85 +38,6 @@ func handOverRoutes(backend, proxyExtra string) string {
 		upgrade websocket foo
 		reverse_proxy %[1]s
 	}`, backend, proxyExtra)
-}
-
-// dialTLSRaw connects to Caddy's HTTPS site over TLS with HTTP/1.1.
-func dialTLSRaw(t testing.TB) *rawClient {
-	t.Helper()
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: harnessIO}, "tcp", h23HTTPSAddr, &tls.Config{
-		ServerName: "localhost", InsecureSkipVerify: true, NextProtos: []string{"http/1.1"},
-	})
-	if err != nil {
-		t.Fatalf("dial %s over TLS: %v", h23HTTPSAddr, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &rawClient{t: t, Conn: c, R: bufio.NewReader(c)}
-}
-
-// openFoo opens a foo tunnel on c and reads the backend's greeting.
-func openFoo(t testing.TB, c *rawClient, path string) *rawClient {
-	t.Helper()
-	req := rawRequest("GET", path, "Connection: Upgrade", "Upgrade: foo")
-	if _, ok := c.Conn.(*tls.Conn); ok {
-		req = strings.Replace(req, "Host: "+harnessAddr, "Host: "+h23Authority, 1)
-	}
-	requireStatus(t, c.Do(req), http.StatusSwitchingProtocols)
-	got := make([]byte, len(greeting))
-	c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
-	defer c.Conn.SetReadDeadline(time.Time{})
-	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != greeting {
-		t.Fatalf("greeting sent with the 101: got %q, %v", got, err)
-	}
-	return c
-}
-
-// echoCheck sends n random bytes through c and wants them back.
-func echoCheck(t testing.TB, c *rawClient, n int) {
-	t.Helper()
-	want := make([]byte, n)
-	rand.Read(want)
-	errc := make(chan error, 1)
-	go func() {
-		c.Conn.SetWriteDeadline(time.Now().Add(harnessIO))
-		_, err := c.Conn.Write(want)
-		errc <- err
-	}()
-	got := make([]byte, n)
-	c.Conn.SetReadDeadline(time.Now().Add(harnessIO))
-	defer c.Conn.SetReadDeadline(time.Time{})
-	if _, err := io.ReadFull(c.R, got); err != nil {
-		t.Fatalf("echo of %d bytes: %v", n, err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("echo write: %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("echo of %d bytes came back changed", n)
-	}
-}
-
-// goroutinesWith counts the goroutines whose stack mentions any of frames.
-func goroutinesWith(frames ...string) int {
-	buf := make([]byte, 1<<24)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range bytes.Split(buf, []byte("\n\n")) {
-		for _, f := range frames {
-			if bytes.Contains(g, []byte(f)) {
-				n++
-				break
-			}
-		}
-	}
-	return n
-}
-
-// The frames of a goroutine that holds a request: net/http's connection
-// goroutine serving through Caddy's handler chain, and Caddy's tunnel.
-var handlerFrames = []string{
-	"caddyhttp.(*Server).ServeHTTP",
-	"reverseproxy.(*Handler).handleUpgradeResponse",
-	"reverseproxy.switchProtocolCopier",
 }
 
 // moduleFrames mark the module's own goroutines: the shared poller and
@@ -188,28 +105,6 @@ func countingSwitchBackend(t testing.TB) (addr string, open *atomic.Int32) {
 		handle101(c)
 	})
 	return ln.Addr().String(), open
-}
-
-// upstreamRequests reads num_requests per upstream from the admin API.
-func adminUpstreamRequests(t *testing.T) map[string]int {
-	t.Helper()
-	res, err := http.Get("http://" + harnessAdmin + "/reverse_proxy/upstreams")
-	if err != nil {
-		t.Fatalf("admin API: %v", err)
-	}
-	defer res.Body.Close()
-	var ups []struct {
-		Address     string `json:"address"`
-		NumRequests int    `json:"num_requests"`
-	}
-	if err := json.NewDecoder(res.Body).Decode(&ups); err != nil {
-		t.Fatalf("admin API /reverse_proxy/upstreams: %v", err)
-	}
-	out := map[string]int{}
-	for _, u := range ups {
-		out[u.Address] = u.NumRequests
-	}
-	return out
 }
 
 // settleUpstreamRequests waits until the upstreams' num_requests add up

@@ -1,59 +1,23 @@
 package upgrade
 
-// Tests of the lean copy loops (tunnel_copy.go) inside a real Caddy: bytes
+// Tests of the lean copy loops (engine.go) inside a real Caddy: bytes
 // arrive intact in both modes, including bytes the backend sent in the
 // same packet as its 101; idle tunnels hold no copy buffer; and the
-// module's own heap per idle tunnel stays under a stated bound.
+// module's own heap per idle tunnel stays under a stated bound. Linux
+// only: elsewhere the loops hold a buffer while they wait (socket_other.go)
+// and tunnels stay with Caddy's reverse proxy (poller_other.go).
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 )
-
-// greeting is what switchBackend sends right behind its 101, in the same
-// write, so that Caddy's transport reads it together with the 101.
-const greeting = "hello from the backend\n"
-
-// switchBackend answers every request with a 101 to the protocol asked
-// for (with the WebSocket Accept when there is a key), the greeting in
-// the same write, and then echoes every byte. It holds no buffer per
-// tunnel beyond its reader, so that heap figures show the proxy's.
-type switchBackend struct {
-	ln net.Listener
-}
-
-func newSwitchBackend(t testing.TB) *switchBackend {
-	t.Helper()
-	return &switchBackend{ln: serveRaw(t, func(c net.Conn, _ int) { handle101(c) })}
-}
-
-func (b *switchBackend) addr() string { return b.ln.Addr().String() }
-
-func handle101(c net.Conn) {
-	defer c.Close()
-	br := bufio.NewReaderSize(c, 512)
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return
-	}
-	head := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + req.Header.Get("Upgrade") + "\r\n"
-	if key := req.Header.Get("Sec-WebSocket-Key"); key != "" {
-		head += "Sec-WebSocket-Accept: " + websocketAcceptFor(key) + "\r\n"
-	}
-	if _, err := io.WriteString(c, head+"\r\n"+greeting); err != nil {
-		return
-	}
-	io.Copy(c, br)
-}
 
 // loadLeanRoutes puts one backend behind both modes: /proxy/* delegates
 // to the module's proxy, /policy/* checks and leaves the copy to the

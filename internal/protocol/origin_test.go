@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 import (
 	"strings"
@@ -144,7 +144,7 @@ func TestOriginPatternMatch(t *testing.T) {
 		pattern, origin string
 		want            bool
 	}{
-		{"https://good.example", "https://Good.Example:443", true}, // SPEC §4 example
+		{"https://good.example", "https://Good.Example:443", true}, // docs/behaviour.md §4 example
 		{"https://good.example:443", "https://good.example", true},
 		{"https://good.example", "https://good.example", true},
 		{"https://good.example", "http://good.example", false},
@@ -308,9 +308,9 @@ func TestValidateOriginEntry(t *testing.T) {
 		{"https://{a}}", "unbalanced"},
 	}
 	for _, tt := range tests {
-		err := validateOriginEntry(tt.in)
+		err := ValidateOriginEntry(tt.in)
 		if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
-			t.Errorf("validateOriginEntry(%q) = %v, want error %q", tt.in, err, tt.wantErr)
+			t.Errorf("ValidateOriginEntry(%q) = %v, want error %q", tt.in, err, tt.wantErr)
 		}
 	}
 }
@@ -336,16 +336,16 @@ func TestOriginList(t *testing.T) {
 	}
 	same := replacer(map[string]string{"http.request.scheme": "https", "http.request.hostport": "App.Example:443"})
 
-	if _, err := newOriginList([]string{"https://ok.example", "https://bad.example/"}); err == nil {
-		t.Error("newOriginList accepted an entry with a path")
+	if _, err := NewOriginList([]string{"https://ok.example", "https://bad.example/"}); err == nil {
+		t.Error("NewOriginList accepted an entry with a path")
 	}
 
-	l, err := newOriginList([]string{"https://static.example", "{http.request.scheme}://{http.request.hostport}"})
+	l, err := NewOriginList([]string{"https://static.example", "{http.request.scheme}://{http.request.hostport}"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(l.fixed) != 1 || len(l.dynamic) != 1 {
-		t.Fatalf("newOriginList = %+v, want one fixed and one dynamic entry", l)
+		t.Fatalf("NewOriginList = %+v, want one fixed and one dynamic entry", l)
 	}
 	tests := []struct {
 		values  []string
@@ -365,35 +365,35 @@ func TestOriginList(t *testing.T) {
 		{[]string{"https://static.example"}, replacer(nil), false, true},
 	}
 	for _, tt := range tests {
-		if ok, reason := l.check(tt.values, tt.replace, tt.require); ok != tt.want {
+		if ok, reason := l.Check(tt.values, tt.replace, tt.require); ok != tt.want {
 			t.Errorf("check(%q, require=%v) = %v, %q; want %v", tt.values, tt.require, ok, reason, tt.want)
 		}
 	}
 
 	// Only placeholder entries, none usable for this request: refused.
-	dyn, err := newOriginList([]string{"{http.request.scheme}://{http.request.hostport}"})
+	dyn, err := NewOriginList([]string{"{http.request.scheme}://{http.request.hostport}"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := dyn.check([]string{"https://anything.example"}, replacer(nil), false); ok {
+	if ok, _ := dyn.Check([]string{"https://anything.example"}, replacer(nil), false); ok {
 		t.Error("a list whose entries all failed to expand accepted an Origin")
 	}
-	if ok, _ := dyn.check([]string{"https://app.example"}, same, false); !ok {
+	if ok, _ := dyn.Check([]string{"https://app.example"}, same, false); !ok {
 		t.Error("same-origin entry did not match")
 	}
 
 	// An empty list is require_origin alone.
-	var none originList
-	if ok, _ := none.check([]string{"https://anything.example"}, same, true); !ok {
+	var none OriginList
+	if ok, _ := none.Check([]string{"https://anything.example"}, same, true); !ok {
 		t.Error("empty list refused a well-formed Origin")
 	}
-	if ok, _ := none.check(nil, same, true); ok {
+	if ok, _ := none.Check(nil, same, true); ok {
 		t.Error("empty list with require_origin accepted a missing Origin")
 	}
 
 	// check must not grow the fixed slice shared between requests.
 	l.fixed = append(make([]originPattern, 0, 8), l.fixed...)
-	l.check([]string{"https://x.example"}, same, false)
+	l.Check([]string{"https://x.example"}, same, false)
 	if got := l.fixed[:cap(l.fixed)][1]; got != (originPattern{}) {
 		t.Errorf("check wrote %v into the fixed slice's spare capacity", got)
 	}
@@ -435,8 +435,8 @@ func FuzzOrigin(f *testing.F) {
 		}
 
 		p, err := parseOriginPattern(entry)
-		if (err == nil) != (validateOriginEntry(entry) == nil) && !originPatternHasPlaceholders(entry) {
-			t.Fatalf("validateOriginEntry and parseOriginPattern disagree on %q", entry)
+		if (err == nil) != (ValidateOriginEntry(entry) == nil) && !originPatternHasPlaceholders(entry) {
+			t.Fatalf("ValidateOriginEntry and parseOriginPattern disagree on %q", entry)
 		}
 		if err != nil {
 			return

@@ -1,4 +1,4 @@
-package upgrade
+package protocol
 
 import (
 	"errors"
@@ -10,26 +10,26 @@ import (
 	"golang.org/x/net/idna"
 )
 
-// This file holds the Origin rules of SPEC §4 (websocket.origins and
-// require_origin) as pure functions; it knows nothing of Caddy.
+// The Origin rules of docs/behaviour.md §4 (websocket.origins and
+// require_origin).
 //
 // Placeholders. An origins entry may hold Caddy placeholders, e.g.
 // same-origin "{http.request.scheme}://{http.request.hostport}". Such an
 // entry can only be parsed per request:
 //
-//   - at Validate, call validateOriginEntry on each entry (it parses entries
+//   - at Validate, call ValidateOriginEntry on each entry (it parses entries
 //     without placeholders fully, and checks the literal text of the others);
-//   - at Provision, newOriginList parses the entries without placeholders
+//   - at Provision, NewOriginList parses the entries without placeholders
 //     once (originPatternHasPlaceholders tells them apart) and keeps the
 //     others as strings;
-//   - per request, originList.check expands the kept strings with the
+//   - per request, OriginList.Check expands the kept strings with the
 //     request's replacer (e.g. repl.ReplaceAll(s, "")), calls
 //     parseOriginPattern on each result and matches. An entry that does not
 //     parse after expansion matches nothing for that request.
 //
-// A caller that builds its own pattern slice per request must not hand an
-// empty slice to checkOrigin when a list is configured: an empty slice
-// means "no origins list", where any single well-formed Origin passes.
+// Code that builds its own pattern slice per request must not hand an empty
+// slice to checkOrigin when a list is configured: an empty slice means "no
+// origins list", where any single well-formed Origin passes.
 
 // origin is a normalized RFC 6454 tuple origin.
 type origin struct {
@@ -88,12 +88,12 @@ func originPatternHasPlaceholders(s string) bool {
 	return strings.Contains(s, "{")
 }
 
-// validateOriginEntry is the Validate check of one origins entry. An entry
+// ValidateOriginEntry is the Validate check of one origins entry. An entry
 // without placeholders must parse. For an entry with placeholders only the
 // literal text around them can be checked: balanced braces, and no userinfo
 // ("@"), query ("?"), fragment ("#") or path (a "/" other than those of
 // "://"). "null" is refused by parsing.
-func validateOriginEntry(s string) error {
+func ValidateOriginEntry(s string) error {
 	if !originPatternHasPlaceholders(s) {
 		_, err := parseOriginPattern(s)
 		return err
@@ -104,12 +104,12 @@ func validateOriginEntry(s string) error {
 		switch c := s[i]; {
 		case c == '{':
 			if depth > 0 {
-				return errors.New("nested '{' in " + quoteForLog(s))
+				return errors.New("nested '{' in " + QuoteForLog(s))
 			}
 			depth++
 		case c == '}':
 			if depth == 0 {
-				return errors.New("unbalanced '}' in " + quoteForLog(s))
+				return errors.New("unbalanced '}' in " + QuoteForLog(s))
 			}
 			depth--
 		case depth == 0:
@@ -117,11 +117,11 @@ func validateOriginEntry(s string) error {
 		}
 	}
 	if depth != 0 {
-		return errors.New("unbalanced '{' in " + quoteForLog(s))
+		return errors.New("unbalanced '{' in " + QuoteForLog(s))
 	}
 	rest := strings.Replace(lit.String(), "://", "", 1)
 	if i := strings.IndexAny(rest, "/?#@"); i >= 0 {
-		return errors.New("origin " + quoteForLog(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
+		return errors.New("origin " + QuoteForLog(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
 	}
 	return nil
 }
@@ -156,13 +156,13 @@ func (p originPattern) match(o origin) bool {
 	return ok && label != "" && !strings.Contains(label, ".")
 }
 
-// checkOrigin applies SPEC §4 to a request's Origin lines (r.Header["Origin"])
-// and is meant to be called only when websocket.origins or require_origin is
-// set. No Origin passes unless requireOrigin. Several lines, a list, an empty
-// or unparsable value and "null" are refused. Otherwise the origin must match
-// one of patterns; if patterns is empty (require_origin without origins) any
-// single well-formed origin passes, but "null" is still refused, as it
-// "matches nothing".
+// checkOrigin applies docs/behaviour.md §4 to a request's Origin lines
+// (r.Header["Origin"]) and is meant to be called only when websocket.origins
+// or require_origin is set. No Origin passes unless requireOrigin. Several
+// lines, a list, an empty or unparsable value and "null" are refused.
+// Otherwise the origin must match one of patterns; if patterns is empty
+// (require_origin without origins) any single well-formed origin passes, but
+// "null" is still refused, as it "matches nothing".
 func checkOrigin(values []string, patterns []originPattern, requireOrigin bool) (ok bool, reason string) {
 	return checkOriginAgainst(values, patterns, len(patterns) > 0, requireOrigin)
 }
@@ -185,7 +185,7 @@ func checkOriginAgainst(values []string, patterns []originPattern, restricted, r
 	}
 	o, ok := normalizeOrigin(v)
 	if !ok {
-		return false, "malformed Origin " + quoteForLog(v)
+		return false, "malformed Origin " + QuoteForLog(v)
 	}
 	if !restricted {
 		return true, ""
@@ -195,22 +195,22 @@ func checkOriginAgainst(values []string, patterns []originPattern, restricted, r
 			return true, ""
 		}
 	}
-	return false, "Origin " + quoteForLog(v) + " is not allowed"
+	return false, "Origin " + QuoteForLog(v) + " is not allowed"
 }
 
-// originList is a websocket.origins setting ready for per-request use.
-type originList struct {
+// OriginList is a websocket.origins setting ready for per-request use.
+type OriginList struct {
 	fixed   []originPattern // entries without placeholders, parsed once
 	dynamic []string        // entries with placeholders, parsed per request
 }
 
-// newOriginList parses the entries without placeholders and keeps the others
-// for check. It fails on the first entry validateOriginEntry refuses.
-func newOriginList(entries []string) (originList, error) {
-	var l originList
+// NewOriginList parses the entries without placeholders and keeps the
+// others for Check. It fails on the first entry ValidateOriginEntry refuses.
+func NewOriginList(entries []string) (OriginList, error) {
+	var l OriginList
 	for _, s := range entries {
-		if err := validateOriginEntry(s); err != nil {
-			return originList{}, err
+		if err := ValidateOriginEntry(s); err != nil {
+			return OriginList{}, err
 		}
 		if originPatternHasPlaceholders(s) {
 			l.dynamic = append(l.dynamic, s)
@@ -222,15 +222,21 @@ func newOriginList(entries []string) (originList, error) {
 	return l, nil
 }
 
-// check is checkOrigin for one request: replace expands an entry's
-// placeholders (e.g. func(s string) string { return repl.ReplaceAll(s, "") }).
-// An expanded entry that does not parse matches nothing; an empty list
-// (neither fixed nor dynamic entries) behaves as checkOrigin with no
-// patterns. Expanded values are taken as they parse: a request-derived
+// Check applies docs/behaviour.md §4 to a request's Origin lines
+// (r.Header["Origin"]); call it only when websocket.origins or require_origin
+// is set. No Origin passes unless requireOrigin. Several lines, a list, an
+// empty or unparsable value and "null" are refused. Otherwise the origin must
+// match an entry; with no entries at all (require_origin alone) any single
+// well-formed origin passes. It returns the reason for a refusal.
+//
+// replace expands an entry's placeholders (e.g. func(s string) string {
+// return repl.ReplaceAll(s, "") }). An expanded entry that does not parse
+// matches nothing, and a list whose entries all fail to expand matches no
+// origin. Expanded values are taken as they parse: a request-derived
 // value (the Host header) could even make an entry a wildcard, but only a
 // client that chooses its own Host, and such a client chooses its Origin
 // too; browsers, the clients the Origin check is for, cannot.
-func (l originList) check(values []string, replace func(string) string, requireOrigin bool) (ok bool, reason string) {
+func (l OriginList) Check(values []string, replace func(string) string, requireOrigin bool) (ok bool, reason string) {
 	patterns := l.fixed
 	if len(l.dynamic) > 0 && len(values) == 1 {
 		patterns = append(patterns[:len(patterns):len(patterns)], l.expand(replace)...)
@@ -240,7 +246,7 @@ func (l originList) check(values []string, replace func(string) string, requireO
 
 // expand parses the placeholder entries for one request, skipping those
 // that do not parse.
-func (l originList) expand(replace func(string) string) []originPattern {
+func (l OriginList) expand(replace func(string) string) []originPattern {
 	var out []originPattern
 	for _, s := range l.dynamic {
 		if p, err := parseOriginPattern(replace(s)); err == nil {
@@ -272,26 +278,26 @@ func parseOriginString(s string, allowWildcard bool) (o origin, wildcard bool, e
 	}
 	scheme, rest, ok := strings.Cut(s, "://")
 	if !ok {
-		return origin{}, false, errors.New("origin " + quoteForLog(s) + " is not scheme://host[:port]")
+		return origin{}, false, errors.New("origin " + QuoteForLog(s) + " is not scheme://host[:port]")
 	}
 	if !validScheme(scheme) {
-		return origin{}, false, errors.New("origin " + quoteForLog(s) + " has an invalid scheme")
+		return origin{}, false, errors.New("origin " + QuoteForLog(s) + " has an invalid scheme")
 	}
 	o.scheme = strings.ToLower(scheme)
 	if i := strings.IndexAny(rest, "/?#@"); i >= 0 {
-		return origin{}, false, errors.New("origin " + quoteForLog(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
+		return origin{}, false, errors.New("origin " + QuoteForLog(s) + " has " + originPartName(rest[i]) + ": an origin is scheme://host[:port]")
 	}
 
 	host, port, hasPort := rest, "", false
 	if strings.HasPrefix(rest, "[") {
 		end := strings.IndexByte(rest, ']')
 		if end < 0 {
-			return origin{}, false, errors.New("origin " + quoteForLog(s) + " has an unterminated IPv6 literal")
+			return origin{}, false, errors.New("origin " + QuoteForLog(s) + " has an unterminated IPv6 literal")
 		}
 		host = rest[:end+1]
 		if after := rest[end+1:]; after != "" {
 			if after[0] != ':' {
-				return origin{}, false, errors.New("origin " + quoteForLog(s) + " has text after its IPv6 literal")
+				return origin{}, false, errors.New("origin " + QuoteForLog(s) + " has text after its IPv6 literal")
 			}
 			port, hasPort = after[1:], true
 		}
@@ -301,14 +307,14 @@ func parseOriginString(s string, allowWildcard bool) (o origin, wildcard bool, e
 
 	if hasPort {
 		if o.port, err = normalizePort(port); err != nil {
-			return origin{}, false, errors.New("origin " + quoteForLog(s) + ": " + err.Error())
+			return origin{}, false, errors.New("origin " + QuoteForLog(s) + ": " + err.Error())
 		}
 		if o.port == defaultPort(o.scheme) {
 			o.port = ""
 		}
 	}
 	if o.host, wildcard, err = normalizeOriginHost(host, allowWildcard); err != nil {
-		return origin{}, false, errors.New("origin " + quoteForLog(s) + ": " + err.Error())
+		return origin{}, false, errors.New("origin " + QuoteForLog(s) + ": " + err.Error())
 	}
 	return o, wildcard, nil
 }
