@@ -8,7 +8,7 @@ import (
 	"unsafe"
 )
 
-// The shared poller of owned tunnels (handover.go): one epoll instance for
+// The shared poller of owned tunnels (tunnel.go): one epoll instance for
 // the whole process waits on the sockets of every idle tunnel, so an idle
 // tunnel costs no goroutine and no buffer. A socket is armed one-shot:
 // when it becomes readable its flow runs once, on a goroutine of its own,

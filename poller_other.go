@@ -5,7 +5,7 @@ package upgrade
 import "errors"
 
 // Without epoll there is no shared poller: tunnels stay with Caddy's
-// reverse proxy (handover.go falls back and says so once).
+// reverse proxy (tunnel.go falls back and says so once).
 
 const pollerSupported = false
 

@@ -6,7 +6,7 @@ import (
 	"unsafe"
 )
 
-// The copy loops' socket reads (tunnel_copy.go). They need a non-blocking
+// The copy loops' socket reads (engine.go). They need a non-blocking
 // peek, which this file does for Linux; elsewhere (socket_other.go) the
 // loops read through the connection with a buffer held while they wait.
 

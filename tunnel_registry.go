@@ -35,7 +35,7 @@ func (l *tunnelLimit) acquire() bool {
 func (l *tunnelLimit) release() { l.open.Add(-1) }
 
 // tunnelRegistry holds the tunnels a handler instance has taken over
-// (handover.go). Caddy's reverse proxy no longer knows them, so when the
+// (tunnel.go). Caddy's reverse proxy no longer knows them, so when the
 // instance is cleaned up (a config reload, or shutdown) the registry does
 // what the proxy's Cleanup does for its tunnels: after stream_close_delay
 // (at once without one), close frames at a frame boundary, then close.
@@ -77,13 +77,6 @@ func (r *tunnelRegistry) remove(t ownedTunnel) {
 	r.mu.Lock()
 	delete(r.open, t)
 	r.mu.Unlock()
-}
-
-// len is the number of tunnels the instance owns now.
-func (r *tunnelRegistry) len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.open)
 }
 
 // cleanup closes every owned tunnel after delay.
