@@ -55,6 +55,7 @@ test:
 		exit 1; \
 	fi
 	cd bench && go test -count=1 ./...
+	cd soak && go test -count=1 ./...
 
 # Runs every Fuzz target of every package of the module for 20,000
 # executions each (a few seconds a target: the fuzzed packages link no
