@@ -308,19 +308,26 @@ func (w *wfBlockingWriter) Write(p []byte) (int, error) {
 	return w.wfWriter.Write(p)
 }
 
-// TestFrameGateStalledLoopWrite: while the loop is blocked inside a write
-// (a peer that stopped reading), the outside write times out without
-// writing; once the write returns, the loop and later outside writes go on.
-func TestFrameGateStalledLoopWrite(t *testing.T) {
-	g := NewGate(true)
-	w := &wfBlockingWriter{entered: make(chan struct{}, 1), release: make(chan struct{})}
-	frame := wsframetest.Append(nil, true, 0x2, false, make([]byte, 1000))
-	loopDone := make(chan error, 1)
+// wfStallLoopWrite starts a loop write of a 1000-byte frame that blocks
+// inside the writer until w.release is closed; loopDone gets its error.
+func wfStallLoopWrite(g *Gate) (w *wfBlockingWriter, frame []byte, loopDone chan error) {
+	w = &wfBlockingWriter{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	frame = wsframetest.Append(nil, true, 0x2, false, make([]byte, 1000))
+	loopDone = make(chan error, 1)
 	go func() {
 		_, err := g.LoopWrite(w, frame)
 		loopDone <- err
 	}()
 	<-w.entered
+	return w, frame, loopDone
+}
+
+// TestFrameGateStalledLoopWrite: while the loop is blocked inside a write
+// (a peer that stopped reading), the outside write times out without
+// writing; once the write returns, the loop and later outside writes go on.
+func TestFrameGateStalledLoopWrite(t *testing.T) {
+	g := NewGate(true)
+	w, frame, loopDone := wfStallLoopWrite(g)
 	n, err := g.OutsideWrite(w, wsframetest.CaddyClose, 100*time.Millisecond)
 	if !errors.Is(err, ErrNoFrameBoundary) || n != 0 {
 		t.Fatalf("OutsideWrite during a stalled write = %d, %v, want 0, errNoFrameBoundary", n, err)
@@ -340,14 +347,7 @@ func TestFrameGateStalledLoopWrite(t *testing.T) {
 // loop is inside a write ending at a boundary goes out right after it.
 func TestFrameGateWaitsOutLoopWrite(t *testing.T) {
 	g := NewGate(true)
-	w := &wfBlockingWriter{entered: make(chan struct{}, 1), release: make(chan struct{})}
-	frame := wsframetest.Append(nil, true, 0x2, false, make([]byte, 1000))
-	loopDone := make(chan error, 1)
-	go func() {
-		_, err := g.LoopWrite(w, frame)
-		loopDone <- err
-	}()
-	<-w.entered
+	w, frame, loopDone := wfStallLoopWrite(g)
 	outDone := make(chan error, 1)
 	go func() {
 		_, err := g.OutsideWrite(w, wsframetest.CaddyClose, 5*time.Second)
