@@ -25,19 +25,12 @@ import (
 func (cfg *Config) runH2C(ctx context.Context, a Attack) *Observation {
 	o := &Observation{AttackURI: cfg.uri(a.ID, "atk", a.Answer)}
 	mark, canary := cfg.mark(ctx, o)
-	conn, err := cfg.dial(ctx, "http/1.1")
-	if err != nil {
-		o.DialErr = err
+	wire := rawRequest(a.Method, o.AttackURI, a.Proto, cfg.Target.Host, a.Lines(Env{Key: NewKey(), Origin: cfg.Origin}))
+	conn, br := cfg.send(ctx, o, wire)
+	if conn == nil {
 		return o
 	}
 	defer conn.Close()
-	br := bufio.NewReader(conn)
-	conn.SetWriteDeadline(time.Now().Add(cfg.Timeout))
-	wire := rawRequest(a.Method, o.AttackURI, a.Proto, cfg.Target.Host, a.Lines(Env{Key: NewKey(), Origin: cfg.Origin}))
-	if _, err := io.WriteString(conn, wire); err != nil {
-		o.DialErr = err
-		return o
-	}
 	o.Res, o.ResErr = readResponse(conn, br, a.Method, cfg.Timeout)
 	if o.Res != nil && o.Res.StatusCode == http.StatusSwitchingProtocols {
 		o.Got101 = true

@@ -260,6 +260,23 @@ func (cfg *Config) mark(ctx context.Context, o *Observation) (int, bool) {
 	return m, true
 }
 
+// send dials the target over HTTP/1.1 and writes wire; on failure it
+// records the error in o and returns a nil conn.
+func (cfg *Config) send(ctx context.Context, o *Observation, wire string) (net.Conn, *bufio.Reader) {
+	conn, err := cfg.dial(ctx, "http/1.1")
+	if err != nil {
+		o.DialErr = err
+		return nil, nil
+	}
+	conn.SetWriteDeadline(time.Now().Add(cfg.Timeout))
+	if _, err := io.WriteString(conn, wire); err != nil {
+		conn.Close()
+		o.DialErr = err
+		return nil, nil
+	}
+	return conn, bufio.NewReader(conn)
+}
+
 // runHTTP1 writes the attack and, in the same write, a second request
 // (the "flag") to the same URL; then it reads what comes back and, in the
 // canary mode, what reached the backend.
@@ -271,18 +288,11 @@ func (cfg *Config) runHTTP1(ctx context.Context, a Attack) *Observation {
 		rawRequest("GET", o.FlagURI, "HTTP/1.1", host, nil)
 
 	mark, canary := cfg.mark(ctx, o)
-	conn, err := cfg.dial(ctx, "http/1.1")
-	if err != nil {
-		o.DialErr = err
+	conn, br := cfg.send(ctx, o, wire)
+	if conn == nil {
 		return o
 	}
 	defer conn.Close()
-	br := bufio.NewReader(conn)
-	conn.SetWriteDeadline(time.Now().Add(cfg.Timeout))
-	if _, err := io.WriteString(conn, wire); err != nil {
-		o.DialErr = err
-		return o
-	}
 	o.Res, o.ResErr = readResponse(conn, br, a.Method, cfg.Timeout)
 	switch {
 	case o.ResErr != nil:
