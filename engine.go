@@ -72,13 +72,18 @@ type source struct {
 }
 
 // bufferedAbove reports whether net/http's 101 body still holds bytes
-// read past the 101. Once drained, net/http drops that buffer for good.
-func (s *source) bufferedAbove() bool {
-	if s.body == nil {
+// read past the 101.
+func (s *source) bufferedAbove() bool { return stillHolds(&s.body) }
+
+// stillHolds reports whether the buffer field *body of net/http's 101
+// body still holds bytes. Once drained, net/http drops that buffer for
+// good, and so does *body.
+func stillHolds(body **reflect.Value) bool {
+	if *body == nil {
 		return false
 	}
-	if s.body.IsNil() {
-		s.body = nil
+	if (*body).IsNil() {
+		*body = nil
 		return false
 	}
 	return true
@@ -212,11 +217,8 @@ func (e *endpoint) read(p []byte, fresh bool) (int, error) {
 }
 
 func (e *endpoint) readNow(p []byte, fresh bool) (int, error) {
-	if e.body != nil {
-		if !e.body.IsNil() {
-			return e.above.Read(p)
-		}
-		e.body = nil
+	if stillHolds(&e.body) {
+		return e.above.Read(p)
 	}
 	if e.tls == nil {
 		return e.readSocket(p)
